@@ -1,0 +1,176 @@
+"""``medfed``: the command line for hospitals, coordinators and researchers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medfed.errors import MedFedError
+
+app = typer.Typer(
+    help="MedFed: train one model across hospitals while every record stays on site.\n\n"
+         "Researchers: `medfed simulate configs/breast-cancer.yaml`. "
+         "See `medfed COMMAND --help` for each step.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+datasets_app = typer.Typer(help="Datasets MedFed can load and partition.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("flwr", "mlflow", "alembic", "datasets", "ray"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def results_table(report: dict) -> Table:
+    from medfed.simulation.report import ARMS, comparison_rows
+
+    metric = report["primary_metric"]
+    arms = [a for a in ARMS if a in report["metrics"]]
+    table = Table(title=f"{report['dataset']}: {metric.upper()} on each site's test split")
+    table.add_column("site")
+    for arm in arms:
+        table.add_column(arm.replace("_", "-"), justify="right")
+    for row in comparison_rows(report, metric):
+        table.add_row(*row, style="bold" if row[0] == "pooled" else None)
+    return table
+
+
+@app.command()
+def simulate(
+    config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/breast-cancer.yaml."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Report folder (default: runs/<config name>)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. "
+                                   "--set strategy.name=fedadam --set rounds=50 (repeatable)."),
+    engine: str | None = typer.Option(None, help="inprocess (fast, default) or ray (Flower's "
+                                      "Simulation Engine)."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout, nothing "
+                                 "else there."),
+    track: bool = typer.Option(True, help="Log the run to MLflow (MLFLOW_TRACKING_URI, default "
+                               "sqlite:///mlflow.db)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Flower's own logs."),
+) -> None:
+    """Simulate a federation of virtual hospitals and compare it with local-only and
+    centralized training: progress per round, then a table; report.json, report.md and
+    plots in --out."""
+    from medfed.config import load_config
+
+    quiet_libraries(verbose)
+    logging.getLogger("medfed").setLevel(logging.DEBUG if verbose else logging.INFO)
+    overrides = [*set_, *([f"engine={engine}"] if engine else [])]
+    cfg = load_config(config, overrides)
+    out = out or Path("runs") / config.stem
+    console = err_console if as_json else out_console
+    report, arrays = _run_with_progress(cfg, console)
+    _save_outputs(report, arrays, out)
+    if track:
+        _track(cfg, report, out)
+    if as_json:
+        sys.stdout.write(json.dumps(report, default=float) + "\n")
+        return
+    console.print(results_table(report))
+    t = report["timing"]
+    console.print(f"[dim]{t['total_s']:.1f} s in all ({t['federated_s']:.1f} s federated). "
+                  f"Report: {out / 'report.md'}[/dim]")
+
+
+def _run_with_progress(cfg, console: Console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from medfed.simulation.runner import run_simulation
+
+    quiet_libraries(logging.getLogger("medfed").level <= logging.DEBUG)
+    columns = [TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
+               TextColumn("{task.description}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("starting", total=cfg.rounds)
+
+        def on_round(record: dict) -> None:
+            pooled = record.get("pooled") or record.get("federated_eval") or {}
+            shown = " ".join(f"{k} {pooled[k]:.3f}" for k in ("auroc", "accuracy")
+                             if pooled.get(k) is not None)
+            loss = record.get("train_loss")
+            progress.update(bar, completed=record["round"],
+                            description=f"pooled {shown}" + (f" loss {loss:.3f}" if loss else ""))
+
+        result = run_simulation(cfg, on_round=on_round)
+    return result.report, result.arrays
+
+
+def _save_outputs(report: dict, arrays, out: Path) -> None:
+    from medfed.io import atomic_write_bytes
+    from medfed.server.checkpoint import arrays_to_bytes
+    from medfed.simulation.report import write_report
+
+    write_report(report, out)
+    atomic_write_bytes(out / "global_model.safetensors", arrays_to_bytes(arrays))
+
+
+def _track(cfg, report: dict, out: Path) -> None:
+    from medfed.server.tracking import Tracker
+
+    tracker = Tracker(f"medfed-{cfg.dataset.name}", cfg.name or f"{cfg.strategy.name}",
+                      report["config"])
+    for h in report["history"]:
+        tracker.log_metrics({f"pooled_{k}": v for k, v in (h.get("pooled") or {}).items()}
+                            | {"train_loss": h.get("train_loss")}, step=h["round"])
+    for arm, m in report["metrics"].items():
+        tracker.log_metrics({f"{arm}_{k}": v for k, v in m["pooled"].items()})
+    tracker.log_artifacts(out)
+    tracker.finish()
+    report["mlflow"] = {"tracking_uri": tracker.uri, "run_id": tracker.run_id}
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """Every dataset MedFed can load: name, task, natural sites, description."""
+    import importlib
+
+    from medfed.datasets import DATASETS
+
+    table = Table(title="Datasets (`dataset.name` in a config)")
+    for column in ("name", "task", "natural sites", "default model", "description"):
+        table.add_column(column)
+    for name, module_name in DATASETS.items():
+        module = importlib.import_module(module_name)
+        table.add_row(name, module.TASK, "yes" if module.NATURAL_SITES else "no",
+                      module.DEFAULT_MODEL, module.DESCRIPTION)
+    out_console.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2; no traceback."""
+    try:
+        app(standalone_mode=False)
+    except MedFedError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

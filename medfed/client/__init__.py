@@ -1,0 +1,1 @@
+"""Hospital side: the Flower ClientApp and local training."""

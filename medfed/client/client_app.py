@@ -1,0 +1,86 @@
+"""The hospital's Flower ClientApp: site summary, local training and evaluation.
+
+Only model arrays and aggregate numbers leave the site: counts, feature sums for scaling,
+losses and metrics. Never rows, identifiers or file paths.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from medfed.client.site_data import DataInfo, experiment_config, load_site
+from medfed.client.train import pick_device, predict, train_local
+from medfed.config import ExperimentConfig
+from medfed.datasets.base import Site
+from medfed.datasets.scaling import site_moments, standardize
+from medfed.models import build_model
+from medfed.tasks import get_task
+
+app = ClientApp()
+
+
+def _model(cfg: ExperimentConfig, info: DataInfo, arrays: ArrayRecord):
+    task = get_task(info.task)
+    model = build_model(cfg.model.name, info.input_shape, task.n_outputs(info.n_classes),
+                        **cfg.model_options())
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return model
+
+
+def _scaled(x: np.ndarray, info: DataInfo, config: ConfigRecord) -> np.ndarray:
+    """Apply the federation's feature scaling (sent by the server) to this site's rows."""
+    if not info.standardize or "feature-mean" not in config:
+        return x
+    return standardize(x, np.asarray(config["feature-mean"], np.float32),
+                       np.asarray(config["feature-std"], np.float32))
+
+
+def _reply(msg: Message, records: dict) -> Message:
+    return Message(RecordDict(records), reply_to=msg)
+
+
+@app.query("site_summary")
+def site_summary(msg: Message, context: Context) -> Message:
+    """Sizes, label space and per-feature sums: what the server needs to build and scale."""
+    site, info = load_site(context)
+    n, sums, squares = site_moments(site.x_train.reshape(site.n_train, -1))
+    config = ConfigRecord({"task": info.task, "input-shape": list(info.input_shape),
+                           "n-classes": info.n_classes, "standardize": info.standardize})
+    metrics = MetricRecord({"num-examples": n, "n-test": site.n_test,
+                            "feature-sum": sums.tolist(), "feature-sumsq": squares.tolist()})
+    return _reply(msg, {"summary": config, "metrics": metrics})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = experiment_config(context)
+    site, info = load_site(context)
+    config = msg.content["config"]
+    model = _model(cfg, info, msg.content["arrays"])
+    server_round = int(config.get("server-round", 1))
+    seed = cfg.seed * 100_003 + server_round * 1_009 + int(context.node_id % 100_000)
+    stats = train_local(model, _scaled(site.x_train, info, config), site.y_train,
+                        get_task(info.task), cfg.train, epochs=cfg.train.local_epochs, seed=seed,
+                        proximal_mu=float(config.get("proximal-mu", 0.0)),
+                        device=pick_device(cfg.train.device))
+    metrics = MetricRecord({**stats, "num-examples": site.n_train})
+    return _reply(msg, {"arrays": ArrayRecord(model.cpu().state_dict()), "metrics": metrics})
+
+
+def evaluate_site(model, site: Site, info: DataInfo, config: ConfigRecord) -> dict[str, float]:
+    task = get_task(info.task)
+    scores = predict(model, _scaled(site.x_test, info, config), task)
+    # NaN (e.g. AUROC on a one-class test split) is kept: every site sends the same keys,
+    # and the server's weighted mean skips NaN
+    return {k: float(v) for k, v in task.metrics(site.y_test, scores).items()}
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg = experiment_config(context)
+    site, info = load_site(context)
+    model = _model(cfg, info, msg.content["arrays"]).to(pick_device(cfg.train.device))
+    metrics = evaluate_site(model, site, info, msg.content["config"])
+    return _reply(msg, {"metrics": MetricRecord({**metrics, "num-examples": site.n_test})})

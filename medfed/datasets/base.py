@@ -1,0 +1,58 @@
+"""What every dataset loader returns, and what a site holds after partitioning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class TableDataset:
+    """A loaded dataset before it is split into sites.
+
+    ``x``: (N, F) float32 features (or (N, C, H, W) images); ``y``: (N,) int64 labels.
+    ``groups``: the natural site of each row (e.g. the hospital), if the data has one.
+    ``split``: "train"/"test" per row when the dataset fixes the split (e.g. FLamby's).
+    """
+
+    name: str
+    task: str
+    x: np.ndarray
+    y: np.ndarray
+    feature_names: list[str]
+    groups: np.ndarray | None = None
+    split: np.ndarray | None = None
+    class_names: list[str] = field(default_factory=list)
+    standardize: bool = True  # tabular features are scaled with federated statistics
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{self.name}: {len(self.x)} feature rows but {len(self.y)} labels")
+
+
+@dataclass
+class Site:
+    """One (virtual) hospital: its own train and test split."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.y_test)
+
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        def counts(y: np.ndarray) -> dict[str, int]:
+            values, n = np.unique(y, return_counts=True)
+            return {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+
+        return {"train": counts(self.y_train), "test": counts(self.y_test)}

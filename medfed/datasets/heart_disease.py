@@ -1,0 +1,89 @@
+"""UCI Heart Disease: four hospitals (Cleveland, Hungarian, Switzerland, VA Long Beach).
+
+Files: ``processed.<centre>.data`` (no header, ``?`` for missing, ``num`` 0-4). Preprocessing
+follows FLamby's Fed-Heart-Disease so results compare with that benchmark: drop slope, ca and
+thal, drop rows with a missing value, one-hot chest-pain type and resting ECG, label
+``num > 0``, and a per-hospital stratified 66/34 train/test split with seed 43.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from medfed.datasets._files import ensure_file
+from medfed.datasets.base import TableDataset
+from medfed.errors import MedFedError
+
+TASK = "binary"
+DEFAULT_MODEL = "logreg"
+METRIC = "auroc"
+DESCRIPTION = "UCI Heart Disease, 4 hospitals (740 patients after FLamby's preprocessing)"
+NATURAL_SITES = True
+
+URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease/"
+CENTRES = {  # site name -> (file, SHA-256 of the UCI original)
+    "cleveland": ("processed.cleveland.data",
+                  "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8"),
+    "hungarian": ("processed.hungarian.data",
+                  "d1ad108f785768cd3d7e82dc522e6f5a61eea93cccfb3a46ee8076f73fc3d796"),
+    "switzerland": ("processed.switzerland.data",
+                    "834a405ccf5b66ab4056bb77794adc8df0b7125186454c0a1d002d33c6c3b314"),
+    "va": ("processed.va.data",
+           "e7c93d8d0d2acdadfa4c5e8de768e2191e7f618b952e29623f1f0d5949ff6b8f"),
+}
+COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang",
+           "oldpeak", "slope", "ca", "thal", "num"]
+ONE_HOT = {"cp": [1, 2, 3, 4], "restecg": [0, 1, 2]}
+SPLIT_SEED = 43
+TEST_FRACTION = 0.34
+
+
+def read_centre(path) -> pd.DataFrame:
+    """One ``processed.*.data`` file as a frame of the 14 UCI columns (NaN for ``?``)."""
+    try:
+        frame = pd.read_csv(path, header=None, names=COLUMNS, na_values=["?"])
+        frame = frame.apply(pd.to_numeric, errors="raise")
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise MedFedError(f"{path}: not in the UCI processed format (14 comma-separated numbers, "
+                          f"'?' for missing): {str(exc).splitlines()[0]}") from None
+    if frame.shape[1] != len(COLUMNS) or frame.empty:
+        raise MedFedError(f"{path}: expected 14 columns per row ({', '.join(COLUMNS)})")
+    return frame
+
+
+def preprocess(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """FLamby's convention: (features (N, 13) float32, labels (N,), feature names)."""
+    frame = frame.drop(columns=["slope", "ca", "thal"]).dropna()
+    y = (frame.pop("num") > 0).astype(np.int64).to_numpy()
+    for column, levels in ONE_HOT.items():
+        values = frame.pop(column)
+        for level in levels:
+            frame[f"{column}_{level}"] = (values == level).astype(np.float32)
+    return frame.to_numpy(np.float32), y, list(frame.columns)
+
+
+def load(centres: list[str] | None = None) -> TableDataset:
+    from sklearn.model_selection import train_test_split
+
+    names = centres or list(CENTRES)
+    unknown = sorted(set(names) - set(CENTRES))
+    if unknown:
+        raise MedFedError(f"dataset.options.centres: unknown {unknown}; choose from {list(CENTRES)}")
+    xs, ys, groups, splits = [], [], [], []
+    feature_names: list[str] = []
+    for centre in names:
+        filename, sha = CENTRES[centre]
+        x, y, feature_names = preprocess(read_centre(ensure_file("heart-disease", filename,
+                                                                 URL + filename, sha)))
+        idx_train, _ = train_test_split(np.arange(len(y)), test_size=TEST_FRACTION,
+                                        random_state=SPLIT_SEED, stratify=y)
+        split = np.full(len(y), "test", dtype=object)
+        split[idx_train] = "train"
+        xs.append(x), ys.append(y), splits.append(split)
+        groups.append(np.full(len(y), centre, dtype=object))
+    return TableDataset(
+        name="heart-disease", task=TASK, x=np.concatenate(xs), y=np.concatenate(ys),
+        feature_names=feature_names, groups=np.concatenate(groups), split=np.concatenate(splits),
+        class_names=["no disease", "disease"], source=URL,
+    )

@@ -1,0 +1,1 @@
+"""Coordinator side: the Flower ServerApp, the round loop, checkpoints, tracking."""

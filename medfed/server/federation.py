@@ -1,0 +1,148 @@
+"""The coordinator's round loop over Flower's Strategy API (configure/aggregate per round).
+
+The same loop runs in-process, under Flower's Simulation Engine and under the Deployment
+Engine: it only talks to a ``Grid``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from medfed.config import ExperimentConfig
+from medfed.datasets.scaling import combine_moments
+from medfed.errors import MedFedError
+from medfed.models import build_model
+from medfed.strategies import build_strategy
+from medfed.tasks import get_task
+
+log = logging.getLogger("medfed.server")
+EvaluateFn = Callable[[int, ArrayRecord, ConfigRecord], dict[str, Any]]
+RoundFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class FederationSummary:
+    """What the server learnt from the sites' summaries: shapes, label space, scaling."""
+
+    task: str
+    input_shape: tuple[int, ...]
+    n_classes: int
+    n_train: int
+    scaling: ConfigRecord = field(default_factory=ConfigRecord)
+
+
+@dataclass
+class FederationResult:
+    arrays: ArrayRecord
+    history: list[dict[str, Any]]
+    summary: FederationSummary
+    seconds: float
+
+
+def wait_for_sites(grid: Grid, needed: int, timeout: float = 300.0) -> list[int]:
+    """Node IDs once at least ``needed`` sites are connected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= needed:
+            return nodes
+        if time.monotonic() > deadline:
+            raise MedFedError(f"only {len(nodes)} of the {needed} sites needed (strategy."
+                              f"min_sites) connected within {timeout:.0f} s")
+        time.sleep(1.0)
+
+
+def ok_replies(replies, what: str) -> list[Message]:
+    good = []
+    for reply in replies:
+        if reply.has_error():
+            log.warning("site %s failed %s: %s", reply.metadata.src_node_id, what,
+                        reply.error.reason)
+        else:
+            good.append(reply)
+    return good
+
+
+def summarise_sites(grid: Grid, nodes: list[int], timeout: float) -> FederationSummary:
+    """Ask every site for its summary; combine feature moments into federated scaling."""
+    messages = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node,
+                        message_type="query.site_summary") for node in nodes]
+    replies = ok_replies(grid.send_and_receive(messages, timeout=timeout), "site summary")
+    if not replies:
+        raise MedFedError("no site answered the site-summary query; check the clients' logs")
+    first = replies[0].content["summary"]
+    moments = [(int(r.content["metrics"]["num-examples"]),
+                np.asarray(r.content["metrics"]["feature-sum"]),
+                np.asarray(r.content["metrics"]["feature-sumsq"])) for r in replies]
+    summary = FederationSummary(task=str(first["task"]),
+                                input_shape=tuple(int(v) for v in first["input-shape"]),
+                                n_classes=int(first["n-classes"]),
+                                n_train=sum(m[0] for m in moments))
+    if bool(first["standardize"]):
+        mean, std = combine_moments(moments)
+        summary.scaling = ConfigRecord({"feature-mean": mean.tolist(),
+                                        "feature-std": std.tolist()})
+    return summary
+
+
+def initial_arrays(cfg: ExperimentConfig, summary: FederationSummary) -> ArrayRecord:
+    torch.manual_seed(cfg.seed)
+    task = get_task(summary.task)
+    model = build_model(cfg.model.name, summary.input_shape, task.n_outputs(summary.n_classes),
+                        **cfg.model_options())
+    return ArrayRecord(model.state_dict())
+
+
+def run_federation(grid: Grid, cfg: ExperimentConfig, *, evaluate_fn: EvaluateFn | None = None,
+                   on_round: RoundFn | None = None, timeout: float = 3600.0,
+                   wait_timeout: float = 300.0) -> FederationResult:
+    """Run ``cfg.rounds`` rounds; ``evaluate_fn`` (simulation) scores the global model."""
+    start = time.perf_counter()
+    nodes = wait_for_sites(grid, min(cfg.strategy.min_sites, cfg.partition.sites), wait_timeout)
+    summary = summarise_sites(grid, nodes, timeout)
+    arrays = initial_arrays(cfg, summary)
+    strategy = build_strategy(cfg.strategy, len(nodes))
+    history: list[dict[str, Any]] = []
+    for rnd in range(1, cfg.rounds + 1):
+        replies = grid.send_and_receive(
+            strategy.configure_train(rnd, arrays, ConfigRecord(dict(summary.scaling)), grid),
+            timeout=timeout)
+        replies = list(replies)
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        arrays = new_arrays if new_arrays is not None else arrays
+        record: dict[str, Any] = {"round": rnd, "sites_trained": sum(
+            1 for r in replies if not r.has_error())}
+        if train_metrics is not None:
+            record["train_loss"] = float(train_metrics.get("train_loss", float("nan")))
+        if rnd % cfg.evaluate_every == 0 or rnd == cfg.rounds:
+            record.update(evaluate_round(grid, strategy, rnd, arrays, summary, cfg, timeout,
+                                         evaluate_fn))
+        history.append(record)
+        if on_round:
+            on_round(record)
+    return FederationResult(arrays, history, summary, time.perf_counter() - start)
+
+
+def evaluate_round(grid: Grid, strategy, rnd: int, arrays: ArrayRecord,
+                   summary: FederationSummary, cfg: ExperimentConfig, timeout: float,
+                   evaluate_fn: EvaluateFn | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if cfg.strategy.fraction_evaluate > 0:
+        replies = grid.send_and_receive(
+            strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(summary.scaling)), grid),
+            timeout=timeout)
+        metrics: MetricRecord | None = strategy.aggregate_evaluate(rnd, list(replies))
+        if metrics is not None:
+            out["federated_eval"] = {k: float(v) for k, v in metrics.items()}
+    if evaluate_fn is not None:
+        out.update(evaluate_fn(rnd, arrays, summary.scaling))
+    return out

@@ -1,0 +1,1 @@
+"""Researcher side: virtual hospitals on one machine, baselines and reports."""
