@@ -41,6 +41,7 @@ class Site:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    task: str = "binary"
 
     @property
     def n_train(self) -> int:
@@ -50,9 +51,9 @@ class Site:
     def n_test(self) -> int:
         return len(self.y_test)
 
-    def label_counts(self) -> dict[str, dict[str, int]]:
-        def counts(y: np.ndarray) -> dict[str, int]:
-            values, n = np.unique(y, return_counts=True)
-            return {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+    def label_counts(self) -> dict[str, dict]:
+        """Per split, what the task reports of its labels (class counts for classifiers)."""
+        from medfed.tasks import get_task
 
-        return {"train": counts(self.y_train), "test": counts(self.y_test)}
+        task = get_task(self.task)
+        return {"train": task.label_summary(self.y_train), "test": task.label_summary(self.y_test)}

@@ -69,7 +69,8 @@ def load(centres: list[str] | None = None) -> TableDataset:
     names = centres or list(CENTRES)
     unknown = sorted(set(names) - set(CENTRES))
     if unknown:
-        raise MedFedError(f"dataset.options.centres: unknown {unknown}; choose from {list(CENTRES)}")
+        raise MedFedError(f"dataset.options.centres: unknown {unknown}; "
+                          f"choose from {list(CENTRES)}")
     xs, ys, groups, splits = [], [], [], []
     feature_names: list[str] = []
     for centre in names:

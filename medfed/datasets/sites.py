@@ -7,15 +7,15 @@ import numpy as np
 from medfed.datasets.base import Site, TableDataset
 from medfed.datasets.partition import partition_rows
 from medfed.errors import MedFedError
+from medfed.tasks import get_task
 
 
-def split_site(rows: np.ndarray, y: np.ndarray, test_fraction: float,
-               seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_site(rows: np.ndarray, y: np.ndarray, test_fraction: float, seed: int,
+               task: str = "binary") -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/test rows of one site (unstratified if a class has < 2 rows)."""
     from sklearn.model_selection import train_test_split
 
-    _, counts = np.unique(y[rows], return_counts=True)
-    stratify = y[rows] if counts.min() >= 2 and len(counts) > 1 else None
+    stratify = get_task(task).stratify(y[rows])
     train, test = train_test_split(rows, test_size=test_fraction, random_state=seed,
                                    stratify=stratify)
     return np.sort(train), np.sort(test)
@@ -31,18 +31,20 @@ def build_sites(data: TableDataset, scheme: str, n_sites: int, *, alpha: float =
         if scheme == "natural" and data.split is not None:
             train, test = rows[data.split[rows] == "train"], rows[data.split[rows] == "test"]
         else:
-            train, test = split_site(rows, data.y, test_fraction, seed + i)
-        sites.append(Site(name, data.x[train], data.y[train], data.x[test], data.y[test]))
+            train, test = split_site(rows, data.y, test_fraction, seed + i, data.task)
+        sites.append(Site(name, data.x[train], data.y[train], data.x[test], data.y[test],
+                          task=data.task))
     check_sites(sites, data.name)
     return sites
 
 
 def check_sites(sites: list[Site], dataset: str) -> None:
-    """Every site must be able to train a classifier: rows in both splits, two classes."""
+    """Every site must be able to train: rows in both splits, labels the task can learn."""
     for site in sites:
         if site.n_train == 0 or site.n_test == 0:
             raise MedFedError(f"{dataset}: site {site.name!r} has {site.n_train} train and "
                               f"{site.n_test} test rows; use fewer sites or more data")
-        if len(np.unique(site.y_train)) < 2:
-            raise MedFedError(f"{dataset}: site {site.name!r} has a single class in its training "
-                              "split; raise partition.alpha, lower partition.sites, or drop it")
+        problem = get_task(site.task).check_train_labels(site.y_train)
+        if problem:
+            raise MedFedError(f"{dataset}: site {site.name!r} has {problem}; raise "
+                              "partition.alpha, lower partition.sites, or drop that site")

@@ -39,7 +39,8 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         state = json.loads((folder / STATE).read_text())
         weights = st_load((folder / WEIGHTS).read_bytes())
     except FileNotFoundError:
-        raise MedFedError(f"{folder}: no checkpoint here ({STATE} and {WEIGHTS} expected)") from None
+        raise MedFedError(f"{folder}: no checkpoint here ({STATE} and {WEIGHTS} "
+                          "expected)") from None
     except (json.JSONDecodeError, Exception) as exc:
         raise MedFedError(f"{folder}: checkpoint unreadable ({exc.__class__.__name__}); "
                           "restore it from a backup or start a new run") from None

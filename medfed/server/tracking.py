@@ -43,8 +43,9 @@ class Tracker:
                                                    flatten(params).items()])
 
     def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()

@@ -11,7 +11,7 @@ from medfed import __version__
 from medfed.client.site_data import DataInfo
 from medfed.config import ExperimentConfig
 from medfed.datasets.base import Site
-from medfed.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from medfed.io import atomic_write_bytes
 from medfed.tasks import get_task
 
 SCALING_NOTE = ("federated: each site sent its row count and per-feature sums and sums of "
@@ -156,5 +156,3 @@ def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
         atomic_write_bytes(out / name, payload)
     return [out / name for name in files]
 
-
-__all__ = ["atomic_write_json", "atomic_write_text", "build_report", "markdown", "write_report"]

@@ -1,4 +1,4 @@
-"""A task says how a model's outputs become a loss, scores and metrics."""
+"""Classification tasks: binary (one logit) and multiclass (K logits)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medfed.errors import MedFedError
 from medfed.metrics import BINARY_METRICS, binary_metrics, multiclass_metrics
 
 
@@ -32,6 +31,15 @@ class BinaryTask:
     def metrics(self, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         return binary_metrics(y, scores)
 
+    def label_summary(self, y: np.ndarray) -> dict[str, int]:
+        return class_counts(y)
+
+    def stratify(self, y: np.ndarray) -> np.ndarray | None:
+        return class_stratify(y)
+
+    def check_train_labels(self, y: np.ndarray) -> str | None:
+        return None if len(np.unique(y)) >= 2 else "a single class in its training split"
+
 
 @dataclass(frozen=True)
 class MulticlassTask:
@@ -53,11 +61,22 @@ class MulticlassTask:
     def metrics(self, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         return multiclass_metrics(y, scores)
 
+    def label_summary(self, y: np.ndarray) -> dict[str, int]:
+        return class_counts(y)
 
-TASKS = {"binary": BinaryTask(), "multiclass": MulticlassTask()}
+    def stratify(self, y: np.ndarray) -> np.ndarray | None:
+        return class_stratify(y)
+
+    def check_train_labels(self, y: np.ndarray) -> str | None:
+        return None if len(np.unique(y)) >= 2 else "a single class in its training split"
 
 
-def get_task(name: str) -> BinaryTask | MulticlassTask:
-    if name not in TASKS:
-        raise MedFedError(f"task {name!r} is not supported here; supported: {', '.join(TASKS)}")
-    return TASKS[name]
+def class_counts(y: np.ndarray) -> dict[str, int]:
+    values, n = np.unique(np.asarray(y), return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+
+
+def class_stratify(y: np.ndarray) -> np.ndarray | None:
+    """Labels to stratify a split by, or None when a class has fewer than 2 rows."""
+    _, counts = np.unique(y, return_counts=True)
+    return y if len(counts) > 1 and counts.min() >= 2 else None
