@@ -45,11 +45,12 @@ def _reply(msg: Message, records: dict) -> Message:
 def site_summary(msg: Message, context: Context) -> Message:
     """Sizes, label space and per-feature sums: what the server needs to build and scale."""
     site, info = load_site(context)
-    n, sums, squares = site_moments(site.x_train.reshape(site.n_train, -1))
     config = ConfigRecord({"task": info.task, "input-shape": list(info.input_shape),
                            "n-classes": info.n_classes, "standardize": info.standardize})
-    metrics = MetricRecord({"num-examples": n, "n-test": site.n_test,
-                            "feature-sum": sums.tolist(), "feature-sumsq": squares.tolist()})
+    metrics = MetricRecord({"num-examples": site.n_train, "n-test": site.n_test})
+    if info.standardize:  # tabular only: images are normalised by their transforms
+        _, sums, squares = site_moments(site.x_train.reshape(site.n_train, -1))
+        metrics["feature-sum"], metrics["feature-sumsq"] = sums.tolist(), squares.tolist()
     return _reply(msg, {"summary": config, "metrics": metrics})
 
 

@@ -80,14 +80,15 @@ def summarise_sites(grid: Grid, nodes: list[int], timeout: float) -> FederationS
     if not replies:
         raise MedFedError("no site answered the site-summary query; check the clients' logs")
     first = replies[0].content["summary"]
-    moments = [(int(r.content["metrics"]["num-examples"]),
-                np.asarray(r.content["metrics"]["feature-sum"]),
-                np.asarray(r.content["metrics"]["feature-sumsq"])) for r in replies]
     summary = FederationSummary(task=str(first["task"]),
                                 input_shape=tuple(int(v) for v in first["input-shape"]),
                                 n_classes=int(first["n-classes"]),
-                                n_train=sum(m[0] for m in moments))
+                                n_train=sum(int(r.content["metrics"]["num-examples"])
+                                            for r in replies))
     if bool(first["standardize"]):
+        moments = [(int(r.content["metrics"]["num-examples"]),
+                    np.asarray(r.content["metrics"]["feature-sum"]),
+                    np.asarray(r.content["metrics"]["feature-sumsq"])) for r in replies]
         mean, std = combine_moments(moments)
         summary.scaling = ConfigRecord({"feature-mean": mean.tolist(),
                                         "feature-std": std.tolist()})
