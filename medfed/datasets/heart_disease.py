@@ -34,7 +34,8 @@ CENTRES = {  # site name -> (file, SHA-256 of the UCI original)
 }
 COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang",
            "oldpeak", "slope", "ca", "thal", "num"]
-ONE_HOT = {"cp": [1, 2, 3, 4], "restecg": [0, 1, 2]}
+# FLamby one-hots with drop_first: cp 1 and restecg 0 are the reference levels (13 features)
+ONE_HOT = {"cp": [2, 3, 4], "restecg": [1, 2]}
 SPLIT_SEED = 43
 TEST_FRACTION = 0.34
 
@@ -77,8 +78,11 @@ def load(centres: list[str] | None = None) -> TableDataset:
         filename, sha = CENTRES[centre]
         x, y, feature_names = preprocess(read_centre(ensure_file("heart-disease", filename,
                                                                  URL + filename, sha)))
+        _, counts = np.unique(y, return_counts=True)
+        stratify = y if len(counts) > 1 and counts.min() > 2 else None  # as FLamby does
         idx_train, _ = train_test_split(np.arange(len(y)), test_size=TEST_FRACTION,
-                                        random_state=SPLIT_SEED, stratify=y)
+                                        train_size=1 - TEST_FRACTION, random_state=SPLIT_SEED,
+                                        shuffle=True, stratify=stratify)
         split = np.full(len(y), "test", dtype=object)
         split[idx_train] = "train"
         xs.append(x), ys.append(y), splits.append(split)
