@@ -45,7 +45,12 @@ def experiment_config(context: Context) -> ExperimentConfig:
     if "experiment" not in context.run_config:
         raise MedFedError("run config has no 'experiment' entry; launch runs with `medfed run` "
                           "or `medfed simulate`")
-    return config_from_json(str(context.run_config["experiment"]))
+    return _parsed(str(context.run_config["experiment"]))
+
+
+@lru_cache(maxsize=8)
+def _parsed(experiment_json: str) -> ExperimentConfig:
+    return config_from_json(experiment_json)
 
 
 def load_site(context: Context) -> tuple[Site, DataInfo]:
@@ -54,5 +59,19 @@ def load_site(context: Context) -> tuple[Site, DataInfo]:
     if "partition-id" in context.node_config:
         sites, info = simulated_federation(experiment_json)
         return sites[int(context.node_config["partition-id"])], info
+    if "data-path" in context.node_config:
+        return hospital_site(experiment_json, str(context.node_config["data-path"]))
     raise MedFedError("node config has neither 'partition-id' (simulation) nor 'data-path' "
                       "(a hospital's site folder)")
+
+
+@lru_cache(maxsize=4)
+def hospital_site(experiment_json: str, data_path: str) -> tuple[Site, DataInfo]:
+    """A real hospital's own folder (cached: a warm ClientApp process reads it once)."""
+    from medfed.client.site_folder import load_site_folder
+
+    cfg = config_from_json(experiment_json)
+    site, data = load_site_folder(data_path, cfg.dataset.name, cfg.dataset.options,
+                                  test_fraction=cfg.partition.test_fraction,
+                                  seed=cfg.partition_seed)
+    return site, data_info(data)

@@ -1,7 +1,14 @@
-"""The coordinator's Flower ServerApp: reads the experiment from the run config, runs rounds."""
+"""The coordinator's Flower ServerApp: reads the experiment from the run config, runs rounds.
+
+Run config keys: ``experiment`` (the ExperimentConfig as JSON), ``output-dir`` (where the
+final model, ``history.json`` and per-round ``progress.json`` go), ``evaluation-hook``
+(optional "module:factory"; ``factory(cfg)`` returns a central evaluate function — the
+simulation harness uses it to score every round on the virtual sites' test splits).
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -18,11 +25,32 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    if "state-dir" in context.run_config:  # a real federation launched by `medfed run`
+        from medfed.server.coordinator import deployment_main
+
+        return deployment_main(grid, context)
     cfg = config_from_json(str(context.run_config["experiment"]))
     out = context.run_config.get("output-dir")
-    result = run_federation(grid, cfg)
+    history: list[dict] = []
+
+    def on_round(record: dict) -> None:
+        history.append(record)
+        if out:
+            atomic_write_json(Path(str(out)) / "progress.json", {"history": history})
+
+    result = run_federation(grid, cfg, evaluate_fn=evaluation_hook(context, cfg),
+                            on_round=on_round)
     if out:
         save_checkpoint(Path(str(out)), cfg.rounds, result.arrays, {"config": json.loads(
             cfg.to_json())})
         atomic_write_json(Path(str(out)) / "history.json", {
             "history": result.history, "federated_s": result.seconds})
+
+
+def evaluation_hook(context: Context, cfg):
+    """The central evaluate function named by the run config, if any (simulation only)."""
+    spec = str(context.run_config.get("evaluation-hook", "") or "")
+    if not spec:
+        return None
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)(cfg)

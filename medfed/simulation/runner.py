@@ -14,9 +14,15 @@ from medfed.config import ExperimentConfig
 from medfed.datasets import dataset_module
 from medfed.datasets.base import Site
 from medfed.models import check_options
+from medfed.privacy import simulation as privacy_sim
 from medfed.server.federation import FederationResult, run_federation
 from medfed.simulation.baselines import train_centralized, train_local_only
-from medfed.simulation.evaluation import model_from_arrays, scaling_from_record, score_one_model
+from medfed.simulation.evaluation import (
+    central_evaluation,
+    model_from_arrays,
+    scaling_from_record,
+    score_one_model,
+)
 from medfed.simulation.report import build_report
 from medfed.strategies import build_strategy
 
@@ -37,20 +43,18 @@ def check_config(cfg: ExperimentConfig) -> None:
 
 
 def run_federated(cfg: ExperimentConfig, sites: list[Site], info: DataInfo,
-                  on_round: RoundFn | None) -> FederationResult:
+                  on_round: RoundFn | None, extra_run_config: dict | None = None
+                  ) -> FederationResult:
     from medfed.client.client_app import app as client_app
     from medfed.simulation.engine import InProcessGrid
-
-    def evaluate_fn(rnd: int, arrays: ArrayRecord, scaling) -> dict[str, Any]:
-        model = model_from_arrays(cfg, info, arrays)
-        return score_one_model(model, sites, info, scaling_from_record(scaling))
 
     if cfg.engine == "ray":
         from medfed.simulation.ray_engine import run_with_ray
 
-        return run_with_ray(cfg, sites, info, evaluate_fn, on_round)
-    grid = InProcessGrid(client_app, len(sites), {"experiment": cfg.to_json()})
-    return run_federation(grid, cfg, evaluate_fn=evaluate_fn, on_round=on_round)
+        return run_with_ray(cfg, len(sites), on_round)
+    grid = InProcessGrid(client_app, len(sites),
+                         {"experiment": cfg.to_json(), **(extra_run_config or {})})
+    return run_federation(grid, cfg, evaluate_fn=central_evaluation(cfg), on_round=on_round)
 
 
 def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> SimulationResult:
@@ -58,7 +62,8 @@ def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> Si
     start = time.perf_counter()
     check_config(cfg)
     sites, info = simulated_federation(cfg.to_json())
-    fed = run_federated(cfg, sites, info, on_round)
+    privacy = privacy_sim.prepare(cfg, sites)  # bad budget or ledger: exit 2 before training
+    fed = run_federated(cfg, sites, info, on_round, privacy.run_config())
     final = score_one_model(model_from_arrays(cfg, info, fed.arrays), sites, info,
                             scaling_from_record(fed.summary.scaling))
     metrics = {"federated": final}
@@ -69,4 +74,5 @@ def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> Si
     timing = {"total_s": time.perf_counter() - start, "federated_s": fed.seconds}
     description = dataset_module(cfg.dataset.name).DESCRIPTION
     report = build_report(cfg, info, sites, metrics, fed.history, timing, description)
+    report["privacy"] = privacy_sim.section(cfg, privacy, sites, fed.history)
     return SimulationResult(report, fed.arrays)

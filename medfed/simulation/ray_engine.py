@@ -1,0 +1,183 @@
+"""``--engine ray``: the same ServerApp and ClientApp under Flower's Simulation Engine.
+
+MedFed starts its own SuperLink in simulation mode on a free loopback port, submits the app
+with ``flwr run`` (runtime dependency installation off: MedFed is already installed), follows
+per-round progress from the ServerApp's ``progress.json`` and stops the SuperLink afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord
+
+from medfed.config import ExperimentConfig
+from medfed.errors import MedFedError
+from medfed.server.checkpoint import load_checkpoint
+from medfed.server.federation import FederationResult, FederationSummary
+
+APP_PYPROJECT = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "medfed-app"
+version = "1.0.0"
+description = "MedFed's ServerApp and ClientApp (medfed is installed, so no dependencies)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "medfed"
+
+[tool.flwr.app.components]
+serverapp = "medfed.server.server_app:app"
+clientapp = "medfed.client.client_app:app"
+
+[tool.flwr.app.config]
+experiment = ""
+output-dir = ""
+evaluation-hook = ""
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    import sys
+
+    # Flower spawns flower-superexec and friends by name: put this venv's bin first
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, PATH=path, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0",
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_DISABLE_UPDATE_CHECK="1",
+               RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")
+    return env
+
+
+def executable(name: str) -> str:
+    """Flower's CLI next to this Python (the venv's), else on PATH."""
+    import sys
+
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise MedFedError(f"flower-superlink exited with code {process.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise MedFedError(f"flower-superlink did not start within {timeout:.0f} s; see {log}")
+
+
+def write_app(work: Path, cfg: ExperimentConfig, port: int) -> tuple[Path, Path, Path]:
+    app_dir, home, out = work / "app", work / "flwr-home", work / "out"
+    for folder in (app_dir, home, out):
+        folder.mkdir(parents=True)
+    (app_dir / "pyproject.toml").write_text(APP_PYPROJECT)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "medfed-sim"\n\n[superlink.medfed-sim]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    run_config = {"experiment": cfg.to_json(), "output-dir": str(out),
+                  "evaluation-hook": "medfed.simulation.evaluation:central_evaluation"}
+    (work / "run.toml").write_text("".join(f"{k} = {json.dumps(v)}\n"
+                                           for k, v in run_config.items()))
+    return app_dir, home, out
+
+
+def follow_progress(run: subprocess.Popen, progress: Path, on_round) -> None:
+    seen = 0
+    while run.poll() is None:
+        time.sleep(0.5)
+        if on_round and progress.exists():
+            try:
+                history = json.loads(progress.read_text())["history"]
+            except (json.JSONDecodeError, KeyError):
+                continue
+            for record in history[seen:]:
+                on_round(record)
+            seen = len(history)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process we started and everything it spawned (its own session)."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def run_with_ray(cfg: ExperimentConfig, n_sites: int,
+                 on_round: Callable[[dict[str, Any]], None] | None = None) -> FederationResult:
+    """Run the federation under Flower's Simulation Engine; returns what the in-process
+    engine returns."""
+    start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="medfed-ray-"))
+    port = free_port()
+    app_dir, home, out = write_app(work, cfg, port)
+    env = flower_env(home)
+    log = work / "superlink.log"
+    with log.open("w") as log_file:
+        link = subprocess.Popen(
+            [executable("flower-superlink"), "--insecure", "--simulation", "--isolation",
+             "subprocess", "--host", "127.0.0.1", "--port", str(port),
+             "--disable-runtime-dependency-installation"],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(port, link, log)
+        with (work / "flwr-run.log").open("w") as run_log:
+            run = subprocess.Popen(
+                [executable("flwr"), "run", str(app_dir), "medfed-sim", "--run-config",
+                 str(work / "run.toml"), "--federation-config", f"num-supernodes={n_sites}",
+                 "--stream"], env=env, stdout=run_log, stderr=subprocess.STDOUT)
+            follow_progress(run, out / "progress.json", on_round)
+        if run.returncode != 0 or not (out / "history.json").exists():
+            raise MedFedError(f"the Ray simulation failed (exit {run.returncode}); see "
+                              f"{work / 'flwr-run.log'}")
+    finally:
+        stop(link)
+    weights, _ = load_checkpoint(out)
+    history = json.loads((out / "history.json").read_text())["history"]
+    shutil.rmtree(work, ignore_errors=True)
+    summary = FederationSummary(task="", input_shape=(), n_classes=0, n_train=0)
+    summary.scaling = _scaling_of(cfg)
+    return FederationResult(ArrayRecord(weights), history, summary, time.perf_counter() - start)
+
+
+def _scaling_of(cfg: ExperimentConfig):
+    """The federated scaling the server computed equals the pooled moments of the sites."""
+    from flwr.app import ConfigRecord
+
+    from medfed.client.site_data import simulated_federation
+    from medfed.simulation.baselines import site_scaling
+
+    sites, info = simulated_federation(cfg.to_json())
+    scaling = site_scaling(sites, info)
+    if scaling is None:
+        return ConfigRecord()
+    return ConfigRecord({"feature-mean": scaling[0].tolist(), "feature-std": scaling[1].tolist()})
