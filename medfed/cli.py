@@ -12,6 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medfed.cli_data import data_app, demo_app
+from medfed.cli_deploy import register as register_deployment
+from medfed.cli_privacy import privacy_app
 from medfed.errors import MedFedError
 
 app = typer.Typer(
@@ -21,6 +24,10 @@ app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 datasets_app = typer.Typer(help="Datasets MedFed can load and partition.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(data_app, name="data")
+app.add_typer(demo_app, name="demo-data")
+register_deployment(app)  # certs, server, nodes, keys, client, run, model, audit
+app.add_typer(privacy_app, name="privacy")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -65,10 +72,13 @@ def simulate(
     track: bool = typer.Option(True, help="Log the run to MLflow (MLFLOW_TRACKING_URI, default "
                                "sqlite:///mlflow.db)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Flower's own logs."),
+    sweep: str | None = typer.Option(None, "--sweep", help="One run per value, then a table "
+                                     "and plot, e.g. --sweep privacy.epsilon=0.5,1,2,4,8,inf "
+                                     "(inf = non-private)."),
 ) -> None:
     """Simulate a federation of virtual hospitals and compare it with local-only and
     centralized training: progress per round, then a table; report.json, report.md and
-    plots in --out."""
+    plots in --out. With privacy.mode=dp-sgd each site's ledger is in --out/privacy/."""
     from medfed.config import load_config
 
     quiet_libraries(verbose)
@@ -77,10 +87,19 @@ def simulate(
     cfg = load_config(config, overrides)
     out = out or Path("runs") / config.stem
     console = err_console if as_json else out_console
+    if sweep:
+        return _sweep(config, out, overrides, sweep, console, track)
+    if cfg.privacy.mode == "dp-sgd" and cfg.privacy.ledger_dir is None:
+        cfg.privacy.ledger_dir = str(out / "privacy")  # epsilon accumulates over runs in --out
     report, arrays = _run_with_progress(cfg, console)
     _save_outputs(report, arrays, out)
     if track:
-        _track(cfg, report, out)
+        try:
+            _track(cfg, report, out)
+        except Exception as exc:  # the report is written; tracking is a convenience
+            err_console.print(f"[yellow]warning:[/yellow] MLflow logging failed "
+                              f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}); "
+                              "check MLFLOW_TRACKING_URI or use --no-track")
     if as_json:
         sys.stdout.write(json.dumps(report, default=float) + "\n")
         return
@@ -88,6 +107,32 @@ def simulate(
     t = report["timing"]
     console.print(f"[dim]{t['total_s']:.1f} s in all ({t['federated_s']:.1f} s federated). "
                   f"Report: {out / 'report.md'}[/dim]")
+
+
+def _sweep(config: Path, out: Path, overrides: list[str], sweep: str, console: Console,
+           track: bool) -> None:
+    from medfed.simulation.sweep import ARMS, run_sweep
+
+    def run_point(cfg, point_out: Path) -> dict:
+        console.print(f"[bold]{sweep.partition('=')[0]}[/bold] = {point_out.name.split('=')[-1]}")
+        report, arrays = _run_with_progress(cfg, console)
+        _save_outputs(report, arrays, point_out)
+        if track:
+            _track(cfg, report, point_out)
+        return report
+
+    rows = run_sweep(config, out, overrides, sweep, run_point)
+    key = sweep.partition("=")[0]
+    table = Table(title=f"Pooled {rows[0]['metric'].upper()} vs {key}")
+    table.add_column(key)
+    arms = [a for a in ARMS if a in rows[0]]
+    for arm in arms:
+        table.add_column(arm.replace("_", "-"), justify="right")
+    for r in rows:
+        table.add_row(str(r[key]), *[f"{r[a]:.4f}" if r.get(a) is not None else "—"
+                                     for a in arms])
+    console.print(table)
+    console.print(f"[dim]Table {out / 'sweep.md'}, plot {out / 'sweep.png'}[/dim]")
 
 
 def _run_with_progress(cfg, console: Console):
@@ -103,7 +148,7 @@ def _run_with_progress(cfg, console: Console):
 
         def on_round(record: dict) -> None:
             pooled = record.get("pooled") or record.get("federated_eval") or {}
-            shown = " ".join(f"{k} {pooled[k]:.3f}" for k in ("auroc", "accuracy")
+            shown = " ".join(f"{k} {pooled[k]:.3f}" for k in ("auroc", "accuracy", "c_index")
                              if pooled.get(k) is not None)
             loss = record.get("train_loss")
             progress.update(bar, completed=record["round"],
@@ -132,6 +177,9 @@ def _track(cfg, report: dict, out: Path) -> None:
                             | {"train_loss": h.get("train_loss")}, step=h["round"])
     for arm, m in report["metrics"].items():
         tracker.log_metrics({f"{arm}_{k}": v for k, v in m["pooled"].items()})
+    from medfed.privacy.report import mlflow_metrics
+
+    tracker.log_metrics(mlflow_metrics(report.get("privacy")))
     tracker.log_artifacts(out)
     tracker.finish()
     report["mlflow"] = {"tracking_uri": tracker.uri, "run_id": tracker.run_id}

@@ -56,10 +56,25 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # mixed precision (float16 autocast + GradScaler) when training on CUDA
+    # image augmentation (MONAI, per sample, training only)
+    augment: list[Literal["flip", "rotate90", "intensity", "noise"]] = Field(default_factory=list)
 
 
 class PrivacyConfig(_Section):
-    mode: Literal["none"] = "none"
+    """Differential privacy: per-site DP-SGD (Opacus) with a cumulative (epsilon, delta) budget,
+    or client-level central DP (Flower's fixed-clipping wrappers). See medfed/privacy/."""
+
+    mode: Literal["none", "dp-sgd", "central"] = "none"
+    epsilon: float = Field(1.0, gt=0)  # each site's total budget over all rounds and runs
+    delta: float = Field(1e-5, gt=0, lt=1)  # must also be below 1/n (checked per site)
+    max_grad_norm: float = Field(1.0, gt=0)  # per-sample clipping (dp-sgd)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    noise_multiplier: float | None = Field(None, gt=0)  # fixed; default: planned from epsilon
+    grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"  # auto: ghost, else hooks
+    ledger_dir: str | None = None  # per-site ledgers; simulate: <out>/privacy
+    clipping: Literal["server", "client"] = "server"  # central: where updates are clipped
+    clipping_norm: float = Field(1.0, gt=0)  # central: L2 bound on each site's update
 
 
 class BaselinesConfig(_Section):

@@ -6,25 +6,41 @@ losses and metrics. Never rows, identifiers or file paths.
 
 from __future__ import annotations
 
+import copy
+import json
+from functools import lru_cache
+
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from medfed.client.audit_mod import outgoing_audit_mod
 from medfed.client.site_data import DataInfo, experiment_config, load_site
 from medfed.client.train import pick_device, predict, train_local
 from medfed.config import ExperimentConfig
 from medfed.datasets.base import Site
 from medfed.datasets.scaling import site_moments, standardize
 from medfed.models import build_model
+from medfed.privacy.central import central_clipping_mod
+from medfed.privacy.compat import maybe_dp_ready
 from medfed.tasks import get_task
 
-app = ClientApp()
+app = ClientApp(mods=[outgoing_audit_mod])  # site audit log (real federations)
+
+
+@lru_cache(maxsize=8)
+def _template(model_json: str, privacy_mode: str, info: DataInfo) -> torch.nn.Module:
+    """The architecture, built once per process (its weights are overwritten every message)."""
+    spec = json.loads(model_json)
+    task = get_task(info.task)
+    model = build_model(spec.pop("name"), info.input_shape, task.n_outputs(info.n_classes),
+                        **spec)
+    return maybe_dp_ready(model, privacy_mode)  # BatchNorm -> GroupNorm etc. for Opacus
 
 
 def _model(cfg: ExperimentConfig, info: DataInfo, arrays: ArrayRecord):
-    task = get_task(info.task)
-    model = build_model(cfg.model.name, info.input_shape, task.n_outputs(info.n_classes),
-                        **cfg.model_options())
+    model = copy.deepcopy(_template(cfg.model.model_dump_json(), cfg.privacy.mode, info))
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
 
@@ -54,7 +70,7 @@ def site_summary(msg: Message, context: Context) -> Message:
     return _reply(msg, {"summary": config, "metrics": metrics})
 
 
-@app.train()
+@app.train(mods=[central_clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     cfg = experiment_config(context)
     site, info = load_site(context)
@@ -62,6 +78,19 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(cfg, info, msg.content["arrays"])
     server_round = int(config.get("server-round", 1))
     seed = cfg.seed * 100_003 + server_round * 1_009 + int(context.node_id % 100_000)
+    if cfg.privacy.mode == "dp-sgd":
+        from medfed.privacy.site import BUDGET_EXHAUSTED_CODE, BudgetExhausted, train_round
+
+        simulated = "partition-id" in context.node_config  # real sites: unseeded noise
+        try:
+            stats = train_round(model, _scaled(site.x_train, info, config), site.y_train,
+                                get_task(info.task), cfg, site=site.name, context=context,
+                                server_round=server_round, seed=seed if simulated else None,
+                                device=pick_device(cfg.train.device))
+        except BudgetExhausted as exc:  # the server logs it; the run goes on with the others
+            return Message(error=Error(BUDGET_EXHAUSTED_CODE, str(exc)), reply_to=msg)
+        metrics = MetricRecord({**stats, "num-examples": site.n_train})
+        return _reply(msg, {"arrays": ArrayRecord(model.cpu().state_dict()), "metrics": metrics})
     stats = train_local(model, _scaled(site.x_train, info, config), site.y_train,
                         get_task(info.task), cfg.train, epochs=cfg.train.local_epochs, seed=seed,
                         proximal_mu=float(config.get("proximal-mu", 0.0)),

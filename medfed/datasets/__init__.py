@@ -14,6 +14,12 @@ DATASETS: dict[str, str] = {
     "breast-cancer": "medfed.datasets.breast_cancer",
     "heart-disease": "medfed.datasets.heart_disease",
     "csv": "medfed.datasets.csv_table",
+    "csv-survival": "medfed.datasets.csv_survival",
+    "tcga-brca": "medfed.datasets.tcga_brca",
+    "sepsis": "medfed.datasets.sepsis",
+    "medmnist": "medfed.datasets.medmnist",
+    "nifti-pyradiomics": "medfed.datasets.nifti_pyradiomics",
+    "site-folders": "medfed.datasets.site_folders",
 }
 
 __all__ = ["DATASETS", "Site", "TableDataset", "dataset_module", "load_dataset"]

@@ -23,6 +23,9 @@ class TableDataset:
     feature_names: list[str]
     groups: np.ndarray | None = None
     split: np.ndarray | None = None
+    # rows of one unit (e.g. one ICU stay) always share a site and a split; set split with it
+    units: np.ndarray | None = None
+    keep_split: bool = False  # split is a benchmark's official one: kept under every scheme
     class_names: list[str] = field(default_factory=list)
     standardize: bool = True  # tabular features are scaled with federated statistics
     source: str = ""

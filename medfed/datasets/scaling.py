@@ -29,4 +29,6 @@ def combine_moments(
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return ((x - mean) / std).astype(np.float32)
+    """Scale (N, F) rows, or (N, L, F) sequences with one statistic per flattened position."""
+    flat = x.reshape(len(x), -1)
+    return ((flat - mean) / std).astype(np.float32).reshape(x.shape)

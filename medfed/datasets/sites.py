@@ -21,14 +21,36 @@ def split_site(rows: np.ndarray, y: np.ndarray, test_fraction: float, seed: int,
     return np.sort(train), np.sort(test)
 
 
+def partition_labels(data: TableDataset) -> np.ndarray:
+    """(N,) integer labels for label-skew partitioners (survival: the event indicator)."""
+    hook = getattr(get_task(data.task), "partition_labels", None)
+    return hook(data.y) if hook else data.y
+
+
+def partition_units(data: TableDataset, scheme: str, n_sites: int,
+                    **options) -> list[tuple[str, np.ndarray]]:
+    """Partition whole units (e.g. ICU stays): every row of a unit goes to the same site."""
+    _, first, inverse = np.unique(data.units, return_index=True, return_inverse=True)
+    labels = np.zeros(len(first), np.int64)
+    np.maximum.at(labels, inverse, partition_labels(data).astype(np.int64))
+    groups = None if data.groups is None else data.groups[first]
+    parts = partition_rows(labels, scheme, n_sites, groups=groups, **options)
+    return [(name, np.flatnonzero(np.isin(inverse, unit_rows))) for name, unit_rows in parts]
+
+
 def build_sites(data: TableDataset, scheme: str, n_sites: int, *, alpha: float = 0.5,
                 test_fraction: float = 0.3, min_size: int = 10, seed: int = 42) -> list[Site]:
     """Partition ``data`` into sites; a dataset's own split is kept for natural partitions."""
-    parts = partition_rows(data.y, scheme, n_sites, alpha=alpha, groups=data.groups,
-                           min_size=min_size, seed=seed)
+    if data.units is not None:
+        parts = partition_units(data, scheme, n_sites, alpha=alpha, min_size=min_size, seed=seed)
+    else:
+        parts = partition_rows(partition_labels(data), scheme, n_sites, alpha=alpha,
+                               groups=data.groups, min_size=min_size, seed=seed)
     sites = []
     for i, (name, rows) in enumerate(parts):
-        if scheme == "natural" and data.split is not None:
+        # datasets with units (e.g. ICU stays) fix their split per unit: it is always kept
+        if data.split is not None and (scheme == "natural" or data.units is not None
+                                       or data.keep_split):
             train, test = rows[data.split[rows] == "train"], rows[data.split[rows] == "test"]
         else:
             train, test = split_site(rows, data.y, test_fraction, seed + i, data.task)

@@ -15,6 +15,14 @@ from medfed.errors import MedFedError
 MODELS: dict[str, str] = {
     "logreg": "medfed.models.clinical:logreg",
     "mlp": "medfed.models.clinical:mlp",
+    "cox": "medfed.models.survival:cox",
+    "cox_mlp": "medfed.models.survival:cox_mlp",
+    "gru": "medfed.models.sequence:gru",
+    "small_cnn": "medfed.models.imaging:small_cnn",
+    "densenet121": "medfed.models.imaging:densenet121",
+    "resnet18": "medfed.models.imaging:resnet18",
+    "resnet50": "medfed.models.imaging:resnet50",
+    "unet": "medfed.models.imaging:unet",
 }
 TABULAR = {"logreg", "mlp"}
 

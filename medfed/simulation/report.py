@@ -12,6 +12,7 @@ from medfed.client.site_data import DataInfo
 from medfed.config import ExperimentConfig
 from medfed.datasets.base import Site
 from medfed.io import atomic_write_bytes
+from medfed.privacy.report import markdown_lines as privacy_lines
 from medfed.tasks import get_task
 
 SCALING_NOTE = ("federated: each site sent its row count and per-feature sums and sums of "
@@ -37,7 +38,9 @@ def build_report(cfg: ExperimentConfig, info: DataInfo, sites: list[Site],
         "metrics": metrics,
         "history": [{"round": h["round"], "train_loss": h.get("train_loss"),
                      "pooled": h.get("pooled"), "per_site": h.get("per_site"),
-                     "federated_eval": h.get("federated_eval")} for h in history],
+                     "federated_eval": h.get("federated_eval"),
+                     **({"sites_refused": h["sites_refused"]} if h.get("sites_refused") else {})}
+                    for h in history],
         "privacy": None,
         "timing": timing,
     }
@@ -68,7 +71,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"partition **{cfg['partition']['scheme']}** ({len(report['sites'])} sites), "
              f"seed {cfg['seed']}",
              f"- feature scaling: {report['feature_scaling']}",
-             f"- privacy: {report['privacy'] or 'none'}",
+             *privacy_lines(report.get("privacy")),
              f"- time: {report['timing']['total_s']:.1f} s in all, federated rounds "
              f"{report['timing']['federated_s']:.1f} s", "",
              f"## {metric.upper()} on each site's test split", "",
@@ -87,6 +90,12 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{s['label_counts']['train']} |")
     lines += ["", "![metric per round](metric_per_round.png)", "",
               "![federated vs local vs centralized](comparison.png)", ""]
+    from medfed.simulation.task_report import extra_markdown
+
+    lines += extra_markdown(report)  # e.g. the sepsis alarm table
+    from medfed.simulation.imaging_report import imaging_markdown
+
+    lines += imaging_markdown(report)  # per-class tables, confusion matrix, Dice per label
     return "\n".join(lines)
 
 
@@ -152,6 +161,9 @@ def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
              "report.md": markdown(report).encode(),
              "metric_per_round.png": plot_rounds(report),
              "comparison.png": plot_comparison(report)}
+    from medfed.simulation.task_report import extra_figures
+
+    files |= extra_figures(report)
     for name, payload in files.items():
         atomic_write_bytes(out / name, payload)
     return [out / name for name in files]

@@ -24,6 +24,7 @@ from medfed.simulation.evaluation import (
     score_one_model,
 )
 from medfed.simulation.report import build_report
+from medfed.simulation.task_report import task_extras
 from medfed.strategies import build_strategy
 
 RoundFn = Callable[[dict[str, Any]], None]
@@ -75,4 +76,7 @@ def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> Si
     description = dataset_module(cfg.dataset.name).DESCRIPTION
     report = build_report(cfg, info, sites, metrics, fed.history, timing, description)
     report["privacy"] = privacy_sim.section(cfg, privacy, sites, fed.history)
+    extras = task_extras(cfg, info, sites, fed.arrays, fed.summary.scaling)
+    if extras is not None:  # e.g. the sepsis alarm table
+        report["task_report"] = extras
     return SimulationResult(report, fed.arrays)

@@ -18,6 +18,9 @@ from medfed.errors import MedFedError
 TASKS: dict[str, str] = {
     "binary": "medfed.tasks.classification:BinaryTask",
     "multiclass": "medfed.tasks.classification:MulticlassTask",
+    "survival": "medfed.tasks.survival:SurvivalTask",
+    "timeseries": "medfed.tasks.timeseries:TimeSeriesTask",
+    "segmentation": "medfed.tasks.segmentation:SegmentationTask",
 }
 
 

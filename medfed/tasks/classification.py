@@ -61,6 +61,10 @@ class MulticlassTask:
     def metrics(self, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         return multiclass_metrics(y, scores)
 
+    def details(self, y: np.ndarray, scores: np.ndarray) -> dict:
+        """Confusion matrix (rows = true class, columns = predicted) and per-class metrics."""
+        return class_details(y, scores)
+
     def label_summary(self, y: np.ndarray) -> dict[str, int]:
         return class_counts(y)
 
@@ -80,3 +84,23 @@ def class_stratify(y: np.ndarray) -> np.ndarray | None:
     """Labels to stratify a split by, or None when a class has fewer than 2 rows."""
     _, counts = np.unique(y, return_counts=True)
     return y if len(counts) > 1 and counts.min() >= 2 else None
+
+
+def class_details(y: np.ndarray, proba: np.ndarray) -> dict:
+    """``confusion_matrix`` (K x K counts, rows true, columns predicted) and ``per_class``
+    ``{class: {precision, recall, f1, support}}`` (None where undefined); ``proba`` (N, K)."""
+    y = np.asarray(y).astype(int)
+    k = proba.shape[1] if proba.ndim == 2 else int(y.max(initial=0)) + 1
+    pred = proba.argmax(axis=1) if proba.ndim == 2 else np.asarray(proba).astype(int)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(matrix, (y, pred), 1)
+    per_class = {}
+    for c in range(k):
+        tp, support, predicted = int(matrix[c, c]), int(matrix[c].sum()), int(matrix[:, c].sum())
+        precision = tp / predicted if predicted else None
+        recall = tp / support if support else None
+        # F1 = 2 TP / (support + predicted); undefined only when the class never occurs
+        f1 = 2 * tp / (support + predicted) if support else None
+        per_class[str(c)] = {"precision": precision, "recall": recall, "f1": f1,
+                             "support": support}
+    return {"confusion_matrix": matrix.tolist(), "per_class": per_class}

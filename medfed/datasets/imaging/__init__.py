@@ -1,0 +1,1 @@
+"""Hospital imaging site folders: DICOM/NIfTI/DICOM-SEG readers, manifest, check, demo."""

@@ -1,0 +1,9 @@
+"""Differential privacy per hospital: DP-SGD (Opacus) with a cumulative, enforced budget.
+
+- ``accounting``: epsilon from an accountant history; the noise plan for the whole training.
+- ``ledger``: one crash-consistent JSON file per site recording every round's spend.
+- ``dp``: Opacus DP-SGD local training (ghost clipping, hooks as fallback).
+- ``compat``: automatic ModuleValidator fix (BatchNorm -> GroupNorm, no in-place activations).
+- ``site``: what a ClientApp does each round (plan, check budget, train, record).
+- ``central``: client-level central DP with Flower's fixed-clipping strategy wrappers.
+"""
