@@ -57,10 +57,13 @@ def write_sites(root: Path) -> dict[str, Path]:
 
 def in_process(config: Path, rounds: int) -> float:
     """Seconds per round of the federated part, in-process engine."""
+    import logging
+
     from medfed.client.site_data import simulated_federation
     from medfed.config import load_config
     from medfed.simulation.runner import run_federated
 
+    logging.getLogger("flwr").setLevel(logging.WARNING)
     cfg = load_config(config)
     sites, info = simulated_federation(cfg.to_json())
     times: list[float] = []

@@ -21,7 +21,8 @@ app = typer.Typer(
     help="MedFed: train one model across hospitals while every record stays on site.\n\n"
          "Researchers: `medfed simulate configs/breast-cancer.yaml`. "
          "See `medfed COMMAND --help` for each step.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    rich_markup_mode="markdown")
 datasets_app = typer.Typer(help="Datasets MedFed can load and partition.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(data_app, name="data")
@@ -76,9 +77,11 @@ def simulate(
                                      "and plot, e.g. --sweep privacy.epsilon=0.5,1,2,4,8,inf "
                                      "(inf = non-private)."),
 ) -> None:
-    """Simulate a federation of virtual hospitals and compare it with local-only and
-    centralized training: progress per round, then a table; report.json, report.md and
-    plots in --out. With privacy.mode=dp-sgd each site's ledger is in --out/privacy/."""
+    """Simulate virtual hospitals; compare federated, local-only and centralized training.
+
+    Shows progress per round, then a table per site; writes report.json, report.md and plots
+    to --out. With privacy.mode=dp-sgd each site's privacy ledger is in --out/privacy/.
+    """
     from medfed.config import load_config
 
     quiet_libraries(verbose)
@@ -148,7 +151,7 @@ def _run_with_progress(cfg, console: Console):
 
         def on_round(record: dict) -> None:
             pooled = record.get("pooled") or record.get("federated_eval") or {}
-            shown = " ".join(f"{k} {pooled[k]:.3f}" for k in ("auroc", "accuracy", "c_index")
+            shown = " ".join(f"{k} {pooled[k]:.3f}" for k in ("auroc", "accuracy", "c_index", "dice")
                              if pooled.get(k) is not None)
             loss = record.get("train_loss")
             progress.update(bar, completed=record["round"],

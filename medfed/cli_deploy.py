@@ -360,6 +360,8 @@ def client_start(
     key: Path | None = typer.Option(None, help="node.key from `medfed keys create`."),
     dataset: str = typer.Option("heart-disease", help="Format of the site table: "
                                 "heart-disease (UCI processed format) or csv."),
+    label_column: str = typer.Option("label", help="For --dataset csv: the label column (as "
+                                     "dataset.options.label in the coordinator's config)."),
     audit_log: Path | None = typer.Option(None, help="Site audit log (default: "
                                           "audit.jsonl next to the node key)."),
     runtime_port: int = typer.Option(9094, help="Local port of the SuperNode's Runtime API "
@@ -367,6 +369,9 @@ def client_start(
                                      "machine)."),
     insecure: bool = typer.Option(False, "--insecure", help="No TLS, no node key. Only for a "
                                   "trial against an --insecure SuperLink."),
+    rejoin_wait: float = typer.Option(30.0, help="Seconds to keep retrying when the SuperLink "
+                                      "refuses to activate this node (right after a crash its "
+                                      "old session is still open for up to 20 s)."),
 ) -> None:
     """Join the federation: checks the site folder, the CA, the key and the connection,
     then runs this hospital's SuperNode (foreground; Ctrl-C leaves)."""
@@ -376,7 +381,8 @@ def client_start(
     from medfed.server import deploy
 
     deploy.parse_address(superlink)
-    summary = check_site_folder(data, dataset)
+    summary = check_site_folder(data, dataset,
+                                {"label": label_column} if dataset == "csv" else None)
     if insecure:
         err_console.print("[yellow]warning:[/yellow] --insecure: updates travel unencrypted "
                           "and the node is not authenticated")
@@ -393,7 +399,8 @@ def client_start(
     out_console.print(f"site {data}: {summary['n_train']} training and {summary['n_test']} "
                       f"test rows; joining {superlink}", highlight=False)
     code = _supervise_node(deploy.supernode_args(superlink, root_cert, key, data, runtime_port,
-                                                 log_path, insecure), runtime_port)
+                                                 log_path, insecure), runtime_port,
+                           rejoin_wait)
     audit.append(log_path, "node_stopped", exit_code=code)
     if code == ACTIVATION_REFUSED:
         raise MedFedError(f"{superlink} refused this node: its key {key} is not registered "
@@ -405,10 +412,7 @@ def client_start(
 
 
 
-REJOIN_GRACE_S = 30.0  # a crashed node's previous session expires after 2 heartbeats (20 s)
-
-
-def _supervise_node(flags: list[str], runtime_port: int) -> int:
+def _supervise_node(flags: list[str], runtime_port: int, rejoin_wait: float) -> int:
     """SuperNode + warm executor as children; a refused activation is retried for a while
     (right after a crash the SuperLink still counts the old session as online)."""
     import signal
@@ -429,7 +433,7 @@ def _supervise_node(flags: list[str], runtime_port: int) -> int:
         while True:
             node = subprocess.Popen(node_cmd, env=env)
             code = node.wait()
-            if code != ACTIVATION_REFUSED or time.monotonic() - first > REJOIN_GRACE_S:
+            if code != ACTIVATION_REFUSED or time.monotonic() - first > rejoin_wait:
                 return code
             err_console.print("activation refused; retrying in 5 s (a previous session of "
                               "this node may still be open)", highlight=False)

@@ -43,11 +43,11 @@ class Federation:
                                 str(self.state), "--address", f"127.0.0.1:{self.port}"])
         wait_for(lambda: "Uvicorn running" in self.procs.log(name), 120, "the SuperLink")
 
-    def start_client(self, site: str, key_dir: str, name: str | None = None):
+    def start_client(self, site: str, key_dir: str, name: str | None = None, *extra: str):
         return self.procs.start(name or f"client-{site}", [
             "client", "start", "--superlink", self.superlink, "--root-cert",
             str(self.certs / "ca.pem"), "--key", str(self.root / key_dir / "node.key"),
-            "--data", str(self.root / site), "--runtime-port", str(free_port())])
+            "--data", str(self.root / site), "--runtime-port", str(free_port()), *extra])
 
     def runs(self) -> set[str]:
         folder = self.state / "runs"
@@ -133,7 +133,7 @@ def test_three_rounds_tls_node_auth_registry_and_tampered_model(fed):
 
 
 def test_node_with_unregistered_key_is_refused(fed):
-    intruder = fed.start_client("hospital-a", "keys-intruder", "intruder")
+    intruder = fed.start_client("hospital-a", "keys-intruder", "intruder", "--rejoin-wait", "3")
     try:
         intruder.wait(timeout=180)
     finally:

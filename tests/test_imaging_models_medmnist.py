@@ -74,8 +74,6 @@ def test_large_sets_become_a_memmap_cache(data_root, monkeypatch):
 
 
 def test_bad_names_sizes_files_and_labels(data_root, monkeypatch):
-    import medfed.datasets.medmnist as mm
-
     with pytest.raises(MedFedError, match="unknown MedMNIST"):
         load_dataset("medmnist", {"name": "catmnist"})
     with pytest.raises(MedFedError, match="sizes"):

@@ -120,3 +120,21 @@ def test_segmentation_trains_on_patches_and_predicts_by_sliding_window():
     pred = predict(model, x[:2], task)
     assert pred.shape == (2, 1, 8, 24, 24) and pred.dtype == np.uint8
     assert task.metrics(y[:2], pred)["dice"] > 0.8
+
+
+def test_report_markdown_has_class_tables_and_dice_per_label():
+    from medfed.simulation.imaging_report import imaging_markdown
+
+    y, proba = np.array([0, 1, 2, 2]), np.eye(3)[[0, 1, 1, 2]]
+    details = get_task("multiclass").details(y, proba)
+    arm = {"pooled": {"accuracy": 0.75}, "per_site": {"a": {"accuracy": 0.75}},
+           "details": {"pooled": details, "per_site": {"a": details}}}
+    text = "\n".join(imaging_markdown({"task": "multiclass", "sites": [{"name": "a"}],
+                                       "metrics": {"federated": arm}}))
+    assert "Confusion matrix" in text and "| 2 | 0 | 1 | 1 |" in text
+    assert "| 1 | 0.500 | 1.000 | 0.667 | 1 |" in text
+    seg = {"pooled": {"dice": 0.8, "dice_1": 0.8}, "per_site": {"a": {"dice": 0.7, "dice_1": 0.7}}}
+    text = "\n".join(imaging_markdown({"task": "segmentation", "sites": [{"name": "a"}],
+                                       "metrics": {"federated": seg, "local_only": seg}}))
+    assert "federated label 1" in text and "| a | 0.700 | 0.700 |" in text
+    assert imaging_markdown({"task": "binary", "sites": [], "metrics": {}}) == []

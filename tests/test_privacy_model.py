@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -32,7 +33,8 @@ def test_batchnorm_inplace_model_is_fixed_with_one_warning_line(caplog):
     assert len(caplog.records) == 1
 
 
-def test_fixed_model_trains_under_dp_sgd():
+@pytest.mark.parametrize("mode", ["auto", "ghost", "hooks"])
+def test_fixed_model_trains_under_dp_sgd(mode):
     torch.manual_seed(0)
     model = dp_ready(bn_inplace_cnn())
     rng = np.random.default_rng(0)
@@ -40,8 +42,8 @@ def test_fixed_model_trains_under_dp_sgd():
     y = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int64)
     before = [p.detach().clone() for p in model.parameters()]
     result = train_dp(model, x, y, get_task("binary"), TrainConfig(batch_size=16, lr=0.1),
-                      noise_multiplier=1.0, max_grad_norm=1.0, epochs=2, seed=0)
-    assert result.steps == 8 and result.grad_sample_mode in ("ghost", "hooks")
+                      noise_multiplier=1.0, max_grad_norm=1.0, epochs=2, seed=0, mode=mode)
+    assert result.steps == 8 and result.grad_sample_mode == ("hooks" if mode == "auto" else mode)
     assert result.history == [(1.0, 0.25, 8)]
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())
@@ -58,6 +60,7 @@ def test_unsupported_ghost_model_falls_back_to_hooks(monkeypatch):
         return real(model, optimizer, loader, task, noise, clip, mode, *rest)
 
     monkeypatch.setattr(dp, "_private", no_ghost)
+    monkeypatch.setattr(dp, "auto_modes", lambda model, device: ["ghost", "hooks"])  # as on GPU
     model = dp_ready(bn_inplace_cnn())
     x = np.random.default_rng(1).normal(size=(32, 1, 8, 8)).astype(np.float32)
     y = np.arange(32) % 2

@@ -100,7 +100,7 @@ def test_bad_psv_files_one_line(tmp_path):
     text = raw.copy().astype(object)
     text.loc[2, "HR"] = "high"
     _psv(tmp_path / "b" / "p2.psv", text)
-    with pytest.raises(MedFedError, match="column 'HR' row 4 has the non-numeric value 'high'"):
+    with pytest.raises(MedFedError, match="line 4, column 'HR' has the non-numeric value 'high'"):
         load(str(tmp_path / "b"))
 
 

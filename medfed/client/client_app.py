@@ -22,6 +22,7 @@ from medfed.config import ExperimentConfig
 from medfed.datasets.base import Site
 from medfed.datasets.scaling import site_moments, standardize
 from medfed.models import build_model
+from medfed.models.multimodal import site_state_dict  # uneven sites send what they train
 from medfed.privacy.central import central_clipping_mod
 from medfed.privacy.compat import maybe_dp_ready
 from medfed.tasks import get_task
@@ -90,13 +91,15 @@ def train(msg: Message, context: Context) -> Message:
         except BudgetExhausted as exc:  # the server logs it; the run goes on with the others
             return Message(error=Error(BUDGET_EXHAUSTED_CODE, str(exc)), reply_to=msg)
         metrics = MetricRecord({**stats, "num-examples": site.n_train})
-        return _reply(msg, {"arrays": ArrayRecord(model.cpu().state_dict()), "metrics": metrics})
+        arrays = ArrayRecord(site_state_dict(model.cpu(), site.x_train))
+        return _reply(msg, {"arrays": arrays, "metrics": metrics})
     stats = train_local(model, _scaled(site.x_train, info, config), site.y_train,
                         get_task(info.task), cfg.train, epochs=cfg.train.local_epochs, seed=seed,
                         proximal_mu=float(config.get("proximal-mu", 0.0)),
                         device=pick_device(cfg.train.device))
     metrics = MetricRecord({**stats, "num-examples": site.n_train})
-    return _reply(msg, {"arrays": ArrayRecord(model.cpu().state_dict()), "metrics": metrics})
+    arrays = ArrayRecord(site_state_dict(model.cpu(), site.x_train))
+    return _reply(msg, {"arrays": arrays, "metrics": metrics})
 
 
 def evaluate_site(model, site: Site, info: DataInfo, config: ConfigRecord) -> dict[str, float]:

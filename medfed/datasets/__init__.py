@@ -20,6 +20,8 @@ DATASETS: dict[str, str] = {
     "medmnist": "medfed.datasets.medmnist",
     "nifti-pyradiomics": "medfed.datasets.nifti_pyradiomics",
     "site-folders": "medfed.datasets.site_folders",
+    "multimodal-sites": "medfed.datasets.multimodal_sites",
+    "ham10000": "medfed.datasets.ham10000",
 }
 
 __all__ = ["DATASETS", "Site", "TableDataset", "dataset_module", "load_dataset"]

@@ -73,7 +73,7 @@ def read_stay(path: Path) -> pd.DataFrame:
         if not pd.api.types.is_numeric_dtype(frame[column]):
             values = pd.to_numeric(frame[column], errors="coerce")
             bad = frame[column][values.isna() & frame[column].notna()]
-            raise MedFedError(f"{path}: column {column!r} row {int(bad.index[0]) + 2} has the "
+            raise MedFedError(f"{path}: line {int(bad.index[0]) + 2}, column {column!r} has the "
                               f"non-numeric value {bad.iloc[0]!r}; use numbers or NaN")
     if frame.empty:
         raise MedFedError(f"{path}: header but no hourly rows; remove the file")

@@ -23,6 +23,7 @@ MODELS: dict[str, str] = {
     "resnet18": "medfed.models.imaging:resnet18",
     "resnet50": "medfed.models.imaging:resnet50",
     "unet": "medfed.models.imaging:unet",
+    "multimodal": "medfed.models.multimodal:multimodal",
 }
 TABULAR = {"logreg", "mlp"}
 

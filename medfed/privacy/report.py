@@ -54,7 +54,7 @@ def dp_sgd_section(cfg: ExperimentConfig, site_names: list[str], ledger_dir: str
     per_site = {name: site_entry(cfg, Ledger.open(ledger_dir, name), run_id,
                                  refused.get(name, 0), (earlier_runs or {}).get(name))
                 for name in site_names}
-    return {"mode": "dp-sgd", "level": "sample (one patient record)",
+    return {"mode": "dp-sgd", "level": "record (one patient)",
             "accountant": cfg.privacy.accountant, "delta": cfg.privacy.delta,
             "epsilon_budget": cfg.privacy.epsilon, "per_site": per_site,
             "ledger_dir": str(ledger_dir), "run_id": run_id,

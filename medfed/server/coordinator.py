@@ -51,7 +51,7 @@ class SiteLedger:
             if kind == "train":
                 site["n_train"] = int(values.get("num-examples", site.get("n_train", 0)))
                 privacy = {k: v for k, v in values.items()
-                           if k.startswith(("epsilon", "delta", "noise", "privacy"))}
+                           if k.startswith(("dp_", "epsilon", "delta", "privacy"))}
                 if privacy:
                     site["privacy"] = privacy
             elif kind == "evaluate" and name == "metrics":
@@ -65,6 +65,10 @@ def make_exchange(poll: float, ledger: SiteLedger, audit_path: Path, run_id: str
     def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
         if not messages:
             return []
+        first = messages[0].metadata
+        if first.message_type == "train":
+            audit.append(audit_path, "round_started", run_id=run_id, round=first.group_id,
+                         nodes=sorted(str(m.metadata.dst_node_id) for m in messages))
         pending = set(grid.push_messages(messages))
         targets = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         replies: list[Message] = []

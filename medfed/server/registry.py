@@ -118,7 +118,8 @@ def model_card(run_dir: Path, cfg: ExperimentConfig, kind: str,
             "n_classes": result["summary"]["n_classes"], "dataset": cfg.dataset.name,
             "model": cfg.model.name, "strategy": cfg.strategy.name,
             "federated_metrics": record.get("federated_eval", {}), "sites": sites,
-            "privacy": {"mode": privacy_mode}, "config": json.loads(cfg.to_json()),
+            "privacy": json.loads(cfg.privacy.model_dump_json()),
+            "config": json.loads(cfg.to_json()),
             "weights_format": "safetensors"}
 
 

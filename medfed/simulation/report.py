@@ -96,6 +96,9 @@ def markdown(report: dict[str, Any]) -> str:
     from medfed.simulation.imaging_report import imaging_markdown
 
     lines += imaging_markdown(report)  # per-class tables, confusion matrix, Dice per label
+    from medfed.simulation.multimodal_report import multimodal_markdown
+
+    lines += multimodal_markdown(report)  # multimodal vs single modality, ablations
     return "\n".join(lines)
 
 

@@ -79,4 +79,9 @@ def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> Si
     extras = task_extras(cfg, info, sites, fed.arrays, fed.summary.scaling)
     if extras is not None:  # e.g. the sepsis alarm table
         report["task_report"] = extras
+    if cfg.model.name == "multimodal":  # image-only / clinical-only arms, modality ablations
+        from medfed.simulation.multimodal_report import multimodal_section
+
+        report["multimodal"] = multimodal_section(cfg, sites, info, fed.arrays, final)
+        report["timing"]["total_s"] = time.perf_counter() - start
     return SimulationResult(report, fed.arrays)

@@ -90,6 +90,9 @@ def plot(key: str, rows: list[dict[str, Any]]) -> bytes:
             ax.axhline(ref[0], ls="--", color=line.get_color(), alpha=0.6)
     if finite and min(finite) > 0 and max(finite) / min(finite) > 10:
         ax.set_xscale("log")
+        ax.minorticks_off()
+    if finite:
+        ax.set_xticks(finite, [r[key] for x, r in zip(xs, rows, strict=True) if math.isfinite(x)])
     ax.set(xlabel=key, ylabel=rows[0]["metric"].upper(),
            title=f"Utility vs {key} (dashed: non-private)")
     ax.grid(alpha=0.3)

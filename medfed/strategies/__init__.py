@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import (
 
 from medfed.config import StrategyConfig
 from medfed.errors import MedFedError
+from medfed.strategies.partial import FedAvgPartial
 
 STRATEGIES: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg,
@@ -33,6 +34,7 @@ STRATEGIES: dict[str, type[FedAvg]] = {
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
     "krum": Krum,
+    "fedavg-partial": FedAvgPartial,  # uneven sites: each array over the sites that sent it
 }
 # set by MedFed itself; not for the YAML
 _MANAGED = {"fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes",

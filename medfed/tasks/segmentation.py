@@ -1,6 +1,7 @@
 """Segmentation: (N, K, *spatial) logits against (N, 1, *spatial) integer masks.
 
-Loss: MONAI's DiceCELoss (soft Dice + cross-entropy, softmax over K classes, 0 = background).
+Loss: MONAI's DiceCELoss (soft Dice over the foreground labels + cross-entropy over all K
+classes, softmax; 0 = background).
 Scores: predicted label maps (N, 1, *spatial) uint8; volumes larger than the model's
 ``roi_size`` are predicted by sliding-window inference. Metrics: Dice per foreground label
 (mean over images) and their mean, ``dice``.
@@ -63,7 +64,8 @@ class SegmentationTask:
     def _loss(self):
         from monai.losses import DiceCELoss
 
-        return DiceCELoss(to_onehot_y=True, softmax=True)
+        # Dice on the foreground labels only: small lesions are not drowned by background
+        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
 
     def n_outputs(self, n_classes: int) -> int:
         return max(n_classes, 2)
