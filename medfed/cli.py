@@ -31,6 +31,7 @@ register_deployment(app)  # certs, server, nodes, keys, client, run, model, audi
 app.add_typer(privacy_app, name="privacy")
 
 out_console = Console()
+PROGRESS_METRICS = ("auroc", "accuracy", "c_index", "dice")  # shown on the progress bar
 err_console = Console(stderr=True)
 
 
@@ -151,7 +152,7 @@ def _run_with_progress(cfg, console: Console):
 
         def on_round(record: dict) -> None:
             pooled = record.get("pooled") or record.get("federated_eval") or {}
-            shown = " ".join(f"{k} {pooled[k]:.3f}" for k in ("auroc", "accuracy", "c_index", "dice")
+            shown = " ".join(f"{k} {pooled[k]:.3f}" for k in PROGRESS_METRICS
                              if pooled.get(k) is not None)
             loss = record.get("train_loss")
             progress.update(bar, completed=record["round"],

@@ -94,3 +94,18 @@ def test_clean_site_passes_the_cli_check(demo):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK" in done.stdout and "multimodal site" in done.stdout
     assert "with clinical" in done.stdout
+
+
+def test_a_real_hospital_reads_its_own_multimodal_folder(demo):
+    from medfed.client.site_folder import load_site_folder
+
+    declared = {"numeric": ["age", "crp"],
+                "categorical": {"sex": ["F", "M"], "smoker": ["no", "yes"]}}
+    options = {"clinical": declared, "spatial_size": [16, 16], "cache_dir": str(demo / "cache")}
+    site, data = load_site_folder(demo / "data" / "site-2", "multimodal-sites", options)
+    full = _load(demo)
+    assert data.x.shape[1] == full.x.shape[1]  # same packed width as in the simulation
+    assert site.n_train + site.n_test == 16 and site.x_train[:, -2].max() == 0
+    with pytest.raises(MedFedError, match="list the categories"):
+        load_site_folder(demo / "data" / "site-2", "multimodal-sites",
+                         {**options, "clinical": CLINICAL})

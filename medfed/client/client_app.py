@@ -40,8 +40,23 @@ def _template(model_json: str, privacy_mode: str, info: DataInfo) -> torch.nn.Mo
     return maybe_dp_ready(model, privacy_mode)  # BatchNorm -> GroupNorm etc. for Opacus
 
 
-def _model(cfg: ExperimentConfig, info: DataInfo, arrays: ArrayRecord):
-    model = copy.deepcopy(_template(cfg.model.model_dump_json(), cfg.privacy.mode, info))
+_node_models: dict[tuple, torch.nn.Module] = {}
+
+
+def _model(cfg: ExperimentConfig, info: DataInfo, arrays: ArrayRecord, node_id: int = 0):
+    """The global model of this message. Without DP-SGD each node reuses one instance (every
+    weight and buffer is overwritten by ``load_state_dict``); Opacus wraps and hooks its model,
+    so DP-SGD gets a fresh copy each time."""
+    key = (node_id, cfg.model.model_dump_json(), cfg.privacy.mode, info)
+    template = _template(*key[1:])
+    if cfg.privacy.mode == "dp-sgd":
+        model = copy.deepcopy(template)
+    else:
+        if key not in _node_models:
+            if len(_node_models) > 64:
+                _node_models.clear()  # a long-lived process serving many runs
+            _node_models[key] = copy.deepcopy(template)
+        model = _node_models[key]
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
 
@@ -76,7 +91,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = experiment_config(context)
     site, info = load_site(context)
     config = msg.content["config"]
-    model = _model(cfg, info, msg.content["arrays"])
+    model = _model(cfg, info, msg.content["arrays"], context.node_id)
     server_round = int(config.get("server-round", 1))
     seed = cfg.seed * 100_003 + server_round * 1_009 + int(context.node_id % 100_000)
     if cfg.privacy.mode == "dp-sgd":
@@ -114,6 +129,7 @@ def evaluate_site(model, site: Site, info: DataInfo, config: ConfigRecord) -> di
 def evaluate(msg: Message, context: Context) -> Message:
     cfg = experiment_config(context)
     site, info = load_site(context)
-    model = _model(cfg, info, msg.content["arrays"]).to(pick_device(cfg.train.device))
+    model = _model(cfg, info, msg.content["arrays"], context.node_id).to(
+        pick_device(cfg.train.device))
     metrics = evaluate_site(model, site, info, msg.content["config"])
     return _reply(msg, {"metrics": MetricRecord({**metrics, "num-examples": site.n_test})})

@@ -90,6 +90,10 @@ def _split(data: TableDataset, test_fraction: float, seed: int) -> Site:
 def load_site_folder(folder: str | Path, dataset: str, options: dict[str, Any] | None = None,
                      test_fraction: float = 0.3, seed: int = 42) -> tuple[Site, TableDataset]:
     """This hospital's site: its train/test split and the loaded table (shapes, classes)."""
+    if dataset == "multimodal-sites":  # manifest.csv (+ clinical.csv): images + clinical
+        from medfed.datasets.multimodal_sites import hospital_site
+
+        return hospital_site(folder, options, test_fraction, seed)
     path = table_file(folder)
     name = Path(folder).name or path.stem
     if dataset == "heart-disease":

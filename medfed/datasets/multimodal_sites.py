@@ -8,7 +8,8 @@ sample per patient: a duplicated ``patient_id`` is an error.
 
 Options: ``roots`` (site folders; or ``path``: every ``site-*`` folder under it), ``clinical``
 (``numeric: [..]`` and ``categorical: [..]`` or ``{column: [categories]}``), ``spatial_size``,
-``window``, ``labels``, ``label_column``, ``test_fraction``, ``seed``, ``cache_dir``, and
+``window``, ``labels``, ``label_column``, ``test_fraction``, ``seed``, ``cache_dir``,
+``channels`` (image channels; needed by a clinical-only hospital of an RGB federation), and
 ``demo`` (``{sites, patients, missing_image, clinical_only_sites, size}``: demo data written
 to ``path`` when it holds no site folder yet).
 
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfed.datasets.base import TableDataset
+from medfed.datasets.base import Site, TableDataset
 from medfed.datasets.imaging.manifest import MANIFEST, Row, manifest_rows, read_manifest
 from medfed.errors import MedFedError
 
@@ -259,7 +260,7 @@ def load(roots: list[str] | str | None = None, clinical: dict[str, Any] | None =
          spatial_size: list[int] | tuple[int, ...] = (32, 32),
          window: str | list[float] | None = None, labels: list[str] | None = None,
          label_column: str = "label", test_fraction: float = 0.3, seed: int = 42,
-         cache_dir: str | None = None) -> TableDataset:
+         cache_dir: str | None = None, channels: int | None = None) -> TableDataset:
     """Site folders -> packed rows ``x`` (N, C*H*W + F + 2), labels, site per row, split."""
     from medfed.datasets.site_folders import _class_order, _site_names, cache_root, patient_split
 
@@ -303,7 +304,7 @@ def load(roots: list[str] | str | None = None, clinical: dict[str, Any] | None =
         ys.append(y)
         groups += [name] * len(patients)
         splits.append(split)
-    x = _pack(xs, params, cache)
+    x = _pack(xs, params, cache, channels)
     feature_names = ["image"] + _feature_names(spec, categories) + ["has_image", "has_clinical"]
     y = np.concatenate(ys)
     return TableDataset(
@@ -318,7 +319,7 @@ def _feature_names(spec: ClinicalSpec, categories: dict[str, list[str]]) -> list
     return spec.numeric + [f"{c}={v}" for c in spec.categorical for v in categories[c]]
 
 
-def _pack(sites: list, params: dict, cache: Path) -> np.ndarray:
+def _pack(sites: list, params: dict, cache: Path, channels: int | None) -> np.ndarray:
     """Every site's patients -> packed rows; image shape from the first image found."""
     images: list[np.ndarray | None] = []
     for patients, _, _, name in sites:
@@ -330,7 +331,11 @@ def _pack(sites: list, params: dict, cache: Path) -> np.ndarray:
     if len(shapes) > 1:
         raise MedFedError(f"multimodal sites: images preprocess to different shapes {shapes}; "
                           "use one spatial_size and the same channels at every site")
-    shape = shapes.pop() if shapes else (1, *params["spatial_size"])
+    # a site without any image (clinical-only) still packs an image block of the right size
+    shape = shapes.pop() if shapes else (channels or 1, *params["spatial_size"])
+    if channels and shape[0] != channels:
+        raise MedFedError(f"multimodal sites: images have {shape[0]} channel(s) but "
+                          f"dataset.options.channels is {channels}; fix the option")
     n_pixels = int(np.prod(shape))
     rows = []
     at = 0
@@ -346,3 +351,25 @@ def _pack(sites: list, params: dict, cache: Path) -> np.ndarray:
         rows.append(block)
         at += len(patients)
     return np.concatenate(rows)
+
+
+def hospital_site(folder: str | Path, options: dict[str, Any] | None, test_fraction: float,
+                  seed: int) -> tuple[Site, TableDataset]:
+    """A real hospital's multimodal folder as its SuperNode reads it (one site)."""
+    opts = {k: v for k, v in (options or {}).items() if k not in ("roots", "path", "demo")}
+    spec = clinical_spec(opts.get("clinical"))
+    undeclared = [c for c, cats in spec.categorical.items() if cats is None]
+    if undeclared:  # every hospital must one-hot the same way: same model input size
+        raise MedFedError(f"dataset.options.clinical.categorical: list the categories of "
+                          f"{undeclared} (e.g. {{sex: [F, M]}}); in a real federation every "
+                          "site must encode them identically")
+    opts.setdefault("test_fraction", test_fraction)
+    opts.setdefault("seed", seed)
+    data = load(roots=[str(folder)], **opts)
+    train, test = data.split == "train", data.split == "test"
+    site = Site(Path(folder).name or "site", data.x[train], data.y[train], data.x[test],
+                data.y[test], task=data.task)
+    if site.n_train == 0 or site.n_test == 0:
+        raise MedFedError(f"{folder}: {site.n_train} train and {site.n_test} test patients; a "
+                          "site needs both (check the split column)")
+    return site, data

@@ -58,6 +58,11 @@ def wrap_strategy(strategy, cfg: ExperimentConfig, n_sites: int):
     """The strategy inside Flower's DifferentialPrivacy{Server,Client}SideFixedClipping."""
     if cfg.privacy.mode != "central":
         return strategy
+    if cfg.strategy.name == "fedavg-partial":  # Flower's DP clipping needs every array
+        raise MedFedError("privacy.mode central: Flower's central DP clips full updates, but "
+                          "strategy fedavg-partial lets sites send part of the model; use "
+                          "privacy.mode dp-sgd, or strategy.name fedavg if every site has "
+                          "every modality")
     from flwr.serverapp.strategy import (
         DifferentialPrivacyClientSideFixedClipping,
         DifferentialPrivacyServerSideFixedClipping,

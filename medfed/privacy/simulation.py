@@ -46,6 +46,10 @@ def prepare(cfg: ExperimentConfig, sites: list[Site]) -> PrivacyRun:
         raise MedFedError("strategy.name=fedprox: its proximal term is not per-sample, so "
                           "DP-SGD cannot clip it; use fedavg (or another strategy) with "
                           "privacy.mode=dp-sgd")
+    if sites and sites[0].task == "survival":
+        raise MedFedError("privacy.mode=dp-sgd with a survival task: the Cox partial "
+                          "likelihood couples the patients of a batch, so per-patient clipping "
+                          "gives no guarantee; use privacy.mode=central or none")
     run.ledger_dir = Path(cfg.privacy.ledger_dir) if cfg.privacy.ledger_dir \
         else default_ledger_dir()
     for site in sites:

@@ -12,6 +12,8 @@ In the same run as the spine's federated/local/centralized arms:
 from __future__ import annotations
 
 import json
+import tempfile
+import uuid
 from typing import Any
 
 import numpy as np
@@ -63,10 +65,15 @@ def federate(cfg: ExperimentConfig, sites: list[Site], info: DataInfo,
     if exclude:
         cfg = variant(cfg, strategy__min_sites=max(1, min(cfg.strategy.min_sites,
                                                           len(sites) - len(exclude))))
-    grid = InProcessGrid(client_app, len(sites), {"experiment": cfg.to_json()})
-    for index in exclude:  # that hospital never joins: its node does not exist
-        del grid.contexts[1000 + index]
-    return run_federation(grid, cfg).arrays
+    with tempfile.TemporaryDirectory(prefix="medfed-arm-") as ledgers:
+        # DP-SGD: each comparison arm is accounted in its own throw-away ledger (same budget),
+        # never in the run's or the user's site ledgers
+        grid = InProcessGrid(client_app, len(sites), {
+            "experiment": cfg.to_json(), "medfed-run-id": f"arm-{uuid.uuid4().hex[:8]}",
+            "privacy-ledger-dir": ledgers})
+        for index in exclude:  # that hospital never joins: its node does not exist
+            del grid.contexts[1000 + index]
+        return run_federation(grid, cfg).arrays
 
 
 def _primary(scores: dict[str, Any], metric: str) -> dict[str, Any]:
