@@ -108,6 +108,10 @@ def simulate(
         sys.stdout.write(json.dumps(report, default=float) + "\n")
         return
     console.print(results_table(report))
+    if any(None in (m["per_site"][s].get(report["primary_metric"]) for s in m["per_site"])
+           for m in report["metrics"].values()):
+        console.print("[dim]— : undefined for that site (e.g. AUROC on a one-class test "
+                      "split).[/dim]")
     t = report["timing"]
     console.print(f"[dim]{t['total_s']:.1f} s in all ({t['federated_s']:.1f} s federated). "
                   f"Report: {out / 'report.md'}[/dim]")

@@ -41,3 +41,19 @@ def small_config(**overrides):
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return validate(raw)
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """``medfed ARGS`` in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from medfed.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["medfed", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

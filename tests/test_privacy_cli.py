@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import yaml
 
-from medfed.cli import main
 from medfed.privacy.ledger import Ledger, Spend
-from tests.conftest import ROOT
-
-
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["medfed", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import ROOT, run_cli
 
 
 def small_yaml(tmp_path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tests.test_spine_simulation import run_cli
+from tests.conftest import run_cli
 
 
 def test_dp_sgd_with_survival_is_refused(tmp_path, monkeypatch, capsys):

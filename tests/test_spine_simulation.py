@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
 from medfed.simulation.runner import run_simulation
 from medfed.strategies import STRATEGIES
-from tests.conftest import ROOT, small_config
+from tests.conftest import ROOT, run_cli, small_config
 
 REPORT_KEYS = {"dataset", "task", "config", "sites", "metrics", "history", "privacy", "timing"}
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    from medfed.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["medfed", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

@@ -31,7 +31,7 @@ from medfed.errors import MedFedError
 from medfed.io import atomic_write_json, atomic_write_text
 
 DEFAULT_PORT = 9093
-APP_PYPROJECT = """\
+APP_PYPROJECT_HEAD = """\
 [build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
@@ -42,6 +42,9 @@ version = "1.0.0"
 description = "MedFed's Flower app: the medfed package's ServerApp and ClientApp"
 dependencies = []
 
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
 [tool.flwr.app]
 publisher = "medfed"
 
@@ -50,14 +53,19 @@ serverapp = "medfed.server.server_app:app"
 clientapp = "medfed.client.client_app:app"
 
 [tool.flwr.app.config]
-experiment = ""
-state-dir = ""
-run-id = ""
-resume = false
-round-timeout = 600.0
-wait-timeout = 300.0
-poll-interval = 0.1
 """
+DEPLOY_RUN_CONFIG: dict[str, Any] = {"experiment": "", "state-dir": "", "run-id": "",
+                                     "resume": False, "round-timeout": 600.0,
+                                     "wait-timeout": 300.0, "poll-interval": 0.1}
+
+
+def app_pyproject(run_config: dict[str, Any]) -> str:
+    """The Flower app's pyproject.toml (medfed is installed, so it ships no files); the run
+    config keys ``flwr run --run-config`` may override, with their defaults."""
+    return APP_PYPROJECT_HEAD + "".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items())
+
+
+APP_PYPROJECT = app_pyproject(DEPLOY_RUN_CONFIG)
 
 
 def flower_env(flwr_home: Path | None = None) -> dict[str, str]:

@@ -11,8 +11,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -25,57 +25,20 @@ from flwr.app import ArrayRecord
 from medfed.config import ExperimentConfig
 from medfed.errors import MedFedError
 from medfed.server.checkpoint import load_checkpoint
+from medfed.server.deploy import app_pyproject, flower_env, free_port
 from medfed.server.federation import FederationResult, FederationSummary
 
-APP_PYPROJECT = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "medfed-app"
-version = "1.0.0"
-description = "MedFed's ServerApp and ClientApp (medfed is installed, so no dependencies)"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "medfed"
-
-[tool.flwr.app.components]
-serverapp = "medfed.server.server_app:app"
-clientapp = "medfed.client.client_app:app"
-
-[tool.flwr.app.config]
-experiment = ""
-output-dir = ""
-evaluation-hook = ""
-"""
+SIM_RUN_CONFIG = {"experiment": "", "output-dir": "", "evaluation-hook": ""}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def flower_env(home: Path) -> dict[str, str]:
-    import sys
-
-    # Flower spawns flower-superexec and friends by name: put this venv's bin first
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = dict(os.environ, PATH=path, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0",
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_DISABLE_UPDATE_CHECK="1",
-               RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")
+def simulation_env(home: Path) -> dict[str, str]:
+    env = flower_env(home)
+    env.update(FLWR_DISABLE_UPDATE_CHECK="1", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")
     return env
 
 
 def executable(name: str) -> str:
     """Flower's CLI next to this Python (the venv's), else on PATH."""
-    import sys
-
     local = Path(sys.executable).with_name(name)
     return str(local) if local.exists() else (shutil.which(name) or name)
 
@@ -97,7 +60,7 @@ def write_app(work: Path, cfg: ExperimentConfig, port: int) -> tuple[Path, Path,
     app_dir, home, out = work / "app", work / "flwr-home", work / "out"
     for folder in (app_dir, home, out):
         folder.mkdir(parents=True)
-    (app_dir / "pyproject.toml").write_text(APP_PYPROJECT)
+    (app_dir / "pyproject.toml").write_text(app_pyproject(SIM_RUN_CONFIG))
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "medfed-sim"\n\n[superlink.medfed-sim]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
@@ -140,7 +103,7 @@ def run_with_ray(cfg: ExperimentConfig, n_sites: int,
     work = Path(tempfile.mkdtemp(prefix="medfed-ray-"))
     port = free_port()
     app_dir, home, out = write_app(work, cfg, port)
-    env = flower_env(home)
+    env = simulation_env(home)
     log = work / "superlink.log"
     with log.open("w") as log_file:
         link = subprocess.Popen(

@@ -11,8 +11,21 @@ import torch.nn.functional as F
 from medfed.metrics import BINARY_METRICS, binary_metrics, multiclass_metrics
 
 
+class ClassLabels:
+    """Label hooks shared by classifiers: class counts, stratified splits, two classes."""
+
+    def label_summary(self, y: np.ndarray) -> dict[str, int]:
+        return class_counts(y)
+
+    def stratify(self, y: np.ndarray) -> np.ndarray | None:
+        return class_stratify(y)
+
+    def check_train_labels(self, y: np.ndarray) -> str | None:
+        return None if len(np.unique(y)) >= 2 else "a single class in its training split"
+
+
 @dataclass(frozen=True)
-class BinaryTask:
+class BinaryTask(ClassLabels):
     """One logit per row; y in {0, 1}."""
 
     name: str = "binary"
@@ -31,18 +44,9 @@ class BinaryTask:
     def metrics(self, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         return binary_metrics(y, scores)
 
-    def label_summary(self, y: np.ndarray) -> dict[str, int]:
-        return class_counts(y)
-
-    def stratify(self, y: np.ndarray) -> np.ndarray | None:
-        return class_stratify(y)
-
-    def check_train_labels(self, y: np.ndarray) -> str | None:
-        return None if len(np.unique(y)) >= 2 else "a single class in its training split"
-
 
 @dataclass(frozen=True)
-class MulticlassTask:
+class MulticlassTask(ClassLabels):
     """K logits per row; y in {0..K-1}."""
 
     name: str = "multiclass"
@@ -64,15 +68,6 @@ class MulticlassTask:
     def details(self, y: np.ndarray, scores: np.ndarray) -> dict:
         """Confusion matrix (rows = true class, columns = predicted) and per-class metrics."""
         return class_details(y, scores)
-
-    def label_summary(self, y: np.ndarray) -> dict[str, int]:
-        return class_counts(y)
-
-    def stratify(self, y: np.ndarray) -> np.ndarray | None:
-        return class_stratify(y)
-
-    def check_train_labels(self, y: np.ndarray) -> str | None:
-        return None if len(np.unique(y)) >= 2 else "a single class in its training split"
 
 
 def class_counts(y: np.ndarray) -> dict[str, int]:
