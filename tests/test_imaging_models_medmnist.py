@@ -138,12 +138,14 @@ def test_short_simulation_on_real_breastmnist(shared_data, monkeypatch, tmp_path
     out = tmp_path / "run"
     result = CliRunner().invoke(app, [
         "simulate", "configs/medmnist-breast.yaml", "--out", str(out), "--no-track", "--json",
-        "--set", "rounds=2", "--set", "train.local_epochs=1", "--set", "model.channels=[8,16]",
+        "--set", "rounds=4", "--set", "model.channels=[8,16]",
         "--set", "baselines.centralized=false"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "binary" and len(report["sites"]) == 3
     assert sum(s["n_test"] for s in report["sites"]) == 156
     auroc = report["metrics"]["federated"]["pooled"]["auroc"]
-    assert 0.5 < auroc <= 1.0  # two tiny rounds already beat chance on real ultrasound
-    assert "local_only" in report["metrics"] and len(report["history"]) == 2
+    # four short rounds of a tiny CNN learn from real ultrasound (measured: 0.48 -> 0.75)
+    first = report["history"][0]["pooled"]["auroc"]
+    assert 0.6 < auroc <= 1.0 and auroc > first
+    assert "local_only" in report["metrics"] and len(report["history"]) == 4
