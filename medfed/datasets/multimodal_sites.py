@@ -29,7 +29,13 @@ import numpy as np
 import pandas as pd
 
 from medfed.datasets.base import Site, TableDataset
-from medfed.datasets.imaging.manifest import MANIFEST, Row, manifest_rows, read_manifest
+from medfed.datasets.imaging.manifest import (
+    MANIFEST,
+    Row,
+    is_number,
+    manifest_rows,
+    read_manifest,
+)
 from medfed.errors import MedFedError
 
 TASK = "binary"
@@ -143,7 +149,7 @@ def join_problems(site_dir: Path, spec: ClinicalSpec, label_column: str = "label
                              f"{MANIFEST} or {CLINICAL_FILE}"))
         for column in spec.numeric:
             value = (patient.clinical or {}).get(column)
-            if value is not None and not _is_number(value):
+            if value is not None and not is_number(value):
                 problems.append((None, f"patient {patient.patient_id}: {column}={value!r} is "
                                  "not a number; fix it or leave it empty (missing)"))
     return list(patients.values()), problems
@@ -175,14 +181,6 @@ def _join_clinical(clinical: pd.DataFrame, spec: ClinicalSpec, label_column: str
         patient.label = patient.label or label
         patient.clinical = {**(patient.clinical or {}),
                             **{k: v for k, v in cells.items() if v is not None}}
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def read_picture(path: Path, spatial_size: tuple[int, ...]) -> np.ndarray:

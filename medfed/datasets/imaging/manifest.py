@@ -86,12 +86,13 @@ def manifest_rows(site_dir: Path, frame: pd.DataFrame, label_column: str = "labe
             mask=site_dir / mask if mask else None,
             split=(_cell(record.get("split")) or "").lower() or None,
             series_uid=_cell(record.get("series_uid")),
-            volume_index=int(float(volume)) if volume and _is_number(volume) else None,
+            volume_index=int(float(volume)) if volume and is_number(volume) else None,
             raw_image=image or ""))
     return rows
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """True when ``text`` parses as a number (e.g. a manifest's volume index)."""
     try:
         float(text)
     except ValueError:
