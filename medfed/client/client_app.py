@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from medfed.client.audit_mod import outgoing_audit_mod
 from medfed.client.site_data import DataInfo, experiment_config, load_site
-from medfed.client.train import pick_device, predict, train_local
+from medfed.client.train import on_device, pick_device, predict, train_local
 from medfed.config import ExperimentConfig
 from medfed.datasets.base import Site
 from medfed.datasets.scaling import site_moments, standardize
@@ -41,6 +41,7 @@ def _template(model_json: str, privacy_mode: str, info: DataInfo) -> torch.nn.Mo
 
 
 _node_models: dict[tuple, torch.nn.Module] = {}
+CPU = torch.device("cpu")
 
 
 def _model(cfg: ExperimentConfig, info: DataInfo, arrays: ArrayRecord, node_id: int = 0):
@@ -106,14 +107,14 @@ def train(msg: Message, context: Context) -> Message:
         except BudgetExhausted as exc:  # the server logs it; the run goes on with the others
             return Message(error=Error(BUDGET_EXHAUSTED_CODE, str(exc)), reply_to=msg)
         metrics = MetricRecord({**stats, "num-examples": site.n_train})
-        arrays = ArrayRecord(site_state_dict(model.cpu(), site.x_train))
+        arrays = ArrayRecord(site_state_dict(on_device(model, CPU), site.x_train))
         return _reply(msg, {"arrays": arrays, "metrics": metrics})
     stats = train_local(model, _scaled(site.x_train, info, config), site.y_train,
                         get_task(info.task), cfg.train, epochs=cfg.train.local_epochs, seed=seed,
                         proximal_mu=float(config.get("proximal-mu", 0.0)),
                         device=pick_device(cfg.train.device))
     metrics = MetricRecord({**stats, "num-examples": site.n_train})
-    arrays = ArrayRecord(site_state_dict(model.cpu(), site.x_train))
+    arrays = ArrayRecord(site_state_dict(on_device(model, CPU), site.x_train))
     return _reply(msg, {"arrays": arrays, "metrics": metrics})
 
 

@@ -19,6 +19,14 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model.to(device)``, skipped when it is already there (``to`` walks every tensor)."""
+    first = next(model.parameters(), None)
+    if first is None or first.device != device:
+        model.to(device)
+    return model
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
@@ -73,7 +81,7 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, task, cfg: Train
     ``proximal_mu > 0`` the FedProx term mu/2 * ||w - w_start||^2 is added to the loss.
     """
     device = device or pick_device(cfg.device)
-    model.to(device).train()
+    on_device(model, device).train()
     batches = ArrayBatches(x, y, device, _transform(x, y, model, cfg, seed))
     precision = MixedPrecision(device, cfg.amp)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
@@ -102,7 +110,7 @@ def predict(model: nn.Module, x: np.ndarray, task, batch_size: int = 4096,
     """Scores for each row: (N,) for binary, (N, K) for multiclass, (N, 1, *spatial) label
     maps for segmentation."""
     device = device or next(model.parameters()).device
-    model.to(device).eval()
+    on_device(model, device).eval()
     if is_image(x):  # bounded activation memory: big volumes go a few at a time
         batch_size = min(batch_size, 64, max(1, 2**22 // int(np.prod(x.shape[1:]))))
     forward = getattr(task, "forward", None)  # e.g. sliding-window inference for volumes
