@@ -6,5 +6,7 @@ import os
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# MedFed draws its own (Rich) progress; libraries' tqdm bars would garble it
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 __version__ = "0.1.0"
