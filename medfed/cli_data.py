@@ -29,6 +29,21 @@ def _progress(console: Console, label: str):
                     console=console, transient=True)
 
 
+def _write_demo(unit: str, write, next_hint) -> list[Path]:
+    """Run ``write(progress)`` under a progress bar over ``unit``s; list what it wrote.
+
+    ``progress(done, total)`` is the callback handed to the writer; ``next_hint(folders)``
+    is the command to run next."""
+    with _progress(out_console, f"writing {unit}") as progress:
+        bar = progress.add_task(unit, total=None)
+        folders = write(lambda done, total=None: progress.update(bar, completed=done,
+                                                                 total=total))
+    for folder in folders:
+        out_console.print(f"wrote {folder}", highlight=False)
+    out_console.print(f"[dim]next: {next_hint(folders)}[/dim]", highlight=False)
+    return folders
+
+
 def _summary_table(title: str, summary: dict) -> Table:
     table = Table(title=title, show_header=False)
     table.add_column("what", style="bold")
@@ -135,14 +150,9 @@ def demo_imaging(
     names/IDs are fake but planted in headers and paths, for PHI tests."""
     from medfed.datasets.imaging.demo import write_demo_sites
 
-    with _progress(out_console, "writing patients") as progress:
-        bar = progress.add_task("patients", total=None)
-        folders = write_demo_sites(out, sites, task, fmt, dims, patients, size, seed,
-                                   progress=lambda done, total: progress.update(
-                                       bar, completed=done, total=total))
-    for folder in folders:
-        out_console.print(f"wrote {folder}", highlight=False)
-    out_console.print(f"[dim]next: medfed data check {folders[0]}[/dim]", highlight=False)
+    _write_demo("patients", lambda progress: write_demo_sites(
+        out, sites, task, fmt, dims, patients, size, seed, progress=progress),
+        lambda folders: f"medfed data check {folders[0]}")
 
 
 @demo_app.command("sepsis")
@@ -160,14 +170,10 @@ def demo_sepsis(
     before onset. Train on them: `medfed simulate configs/sepsis-demo.yaml`."""
     from medfed.datasets.sepsis_demo import write_demo
 
-    with _progress(out_console, "writing stays") as progress:
-        bar = progress.add_task("stays", total=sites * patients)
-        folders = write_demo(out, sites, patients, septic_share, seed,
-                             progress=lambda done: progress.update(bar, completed=done))
-    for folder in folders:
-        out_console.print(f"wrote {folder}", highlight=False)
-    out_console.print(f"[dim]next: medfed simulate configs/sepsis-demo.yaml --set "
-                      f"dataset.options.path={out}[/dim]", highlight=False)
+    _write_demo("stays", lambda progress: write_demo(
+        out, sites, patients, septic_share, seed,
+        progress=lambda done: progress(done, sites * patients)),
+        lambda _: f"medfed simulate configs/sepsis-demo.yaml --set dataset.options.path={out}")
 
 
 @demo_app.command("multimodal")
@@ -189,13 +195,7 @@ def demo_multimodal(
     configs/multimodal-demo.yaml --set dataset.options.path=OUT`."""
     from medfed.datasets.multimodal_demo import write_multimodal_sites
 
-    with _progress(out_console, "writing patients") as progress:
-        bar = progress.add_task("patients", total=None)
-        folders = write_multimodal_sites(out, sites, patients, missing_image,
-                                         clinical_only_sites, size, seed,
-                                         progress=lambda done, total: progress.update(
-                                             bar, completed=done, total=total))
-    for folder in folders:
-        out_console.print(f"wrote {folder}", highlight=False)
-    out_console.print(f"[dim]next: medfed data check {folders[0]} --clinical "
-                      "age,crp,sex:cat,smoker:cat[/dim]", highlight=False)
+    _write_demo("patients", lambda progress: write_multimodal_sites(
+        out, sites, patients, missing_image, clinical_only_sites, size, seed,
+        progress=progress),
+        lambda folders: f"medfed data check {folders[0]} --clinical age,crp,sex:cat,smoker:cat")

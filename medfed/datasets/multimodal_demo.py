@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medfed.datasets.imaging.demo import _patient_split, _write_patient, patient_id, phantom
+from medfed.datasets.imaging.demo import (
+    _patient_split,
+    _write_patient,
+    new_site_dir,
+    patient_id,
+    phantom,
+)
 from medfed.datasets.imaging.manifest import LABELS_FILE, MANIFEST
 from medfed.errors import MedFedError
 from medfed.io import atomic_write_text
@@ -54,10 +60,7 @@ def write_multimodal_sites(out: Path, sites: int = 4, patients: int = 120,
     out = Path(out)
     folders, total, done = [], sites * patients, 0
     for site in range(1, sites + 1):
-        site_dir = out / f"site-{site}"
-        if (site_dir / MANIFEST).exists():
-            raise MedFedError(f"{site_dir}: already holds a {MANIFEST}; choose an empty OUT "
-                              "folder (demo data never overwrites a site)")
+        site_dir = new_site_dir(out, site)
         imaging = site <= sites - clinical_only_sites
         records = []
         for number in range(1, patients + 1):

@@ -186,6 +186,16 @@ def _gz_image(volume: np.ndarray, spacing: float, descrip: str) -> bytes:
     return _gz(image)
 
 
+def new_site_dir(out: Path, site: int) -> Path:
+    """``OUT/site-N``, refusing one that already holds a manifest (demo data never
+    overwrites a hospital's folder)."""
+    site_dir = out / f"site-{site}"
+    if (site_dir / MANIFEST).exists():
+        raise MedFedError(f"{site_dir}: already holds a {MANIFEST}; choose an empty OUT "
+                          "folder (demo data never overwrites a site)")
+    return site_dir
+
+
 def write_demo_sites(out: Path, sites: int = 3, task: str = "classification",
                      fmt: str = "dicom", dims: int = 3, patients: int | None = None,
                      size: int | None = None, seed: int = 0,
@@ -210,10 +220,7 @@ def write_demo_sites(out: Path, sites: int = 3, task: str = "classification",
     out = Path(out)
     folders, total, done = [], sites * patients, 0
     for site in range(1, sites + 1):
-        site_dir = out / f"site-{site}"
-        if (site_dir / MANIFEST).exists():
-            raise MedFedError(f"{site_dir}: already holds a {MANIFEST}; choose an empty OUT "
-                              "folder (demo data never overwrites a site)")
+        site_dir = new_site_dir(out, site)
         prevalence = 0.3 + 0.4 * (site - 1) / max(sites - 1, 1)
         records = []
         for number in range(1, patients + 1):
