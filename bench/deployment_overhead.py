@@ -59,8 +59,8 @@ def in_process(config: Path, rounds: int) -> float:
     """Seconds per round of the federated part, in-process engine."""
     import logging
 
-    from medfed.client.site_data import simulated_federation
     from medfed.config import load_config
+    from medfed.datasets.sites import simulated_federation
     from medfed.simulation.runner import run_federated
 
     logging.getLogger("flwr").setLevel(logging.WARNING)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medfed.client.train import pick_device
+from medfed.models.runtime import pick_device
 
 
 def small_cnn() -> nn.Module:
@@ -185,7 +185,7 @@ def main() -> None:
     for name in (n.strip() for n in args.models.split(",")):
         steps = args.steps * (25 if name == "mlp" else 1)  # MLP steps take microseconds
         batch = args.batch // 2 if name == "densenet121" and device.type == "cpu" else args.batch
-        # tables: every mode single-threaded, as MedFed trains them (medfed.client.train)
+        # tables: every mode single-threaded, as MedFed trains them (medfed.federation.train)
         torch.set_num_threads(1 if name == "mlp" else threads)
         for row in run_case(name, steps, batch, device):
             print(json.dumps(row), flush=True)

@@ -64,8 +64,8 @@ def experiment(case: str, rounds: int, batch_size: int):
 
 def plain_loop(cfg, x: np.ndarray, y: np.ndarray, epochs: int) -> float:
     """Seconds for ``epochs`` passes of a bare PyTorch loop over (x, y)."""
-    from medfed.client.train import pick_device
     from medfed.models import build_model
+    from medfed.models.runtime import pick_device
 
     device = pick_device("auto")
     torch.manual_seed(0)
@@ -96,8 +96,8 @@ def plain_loop(cfg, x: np.ndarray, y: np.ndarray, epochs: int) -> float:
 
 
 def federated(cfg) -> float:
-    from medfed.client.client_app import app as client_app
-    from medfed.server.federation import run_federation
+    from medfed.federation.client_app import app as client_app
+    from medfed.federation.rounds import run_federation
     from medfed.simulation.engine import InProcessGrid
 
     grid = InProcessGrid(client_app, cfg.partition.sites, {"experiment": cfg.to_json()})
@@ -107,7 +107,7 @@ def federated(cfg) -> float:
 
 
 def run_case(case: str, rounds: int, batch_size: int) -> dict:
-    from medfed.client.site_data import simulated_federation
+    from medfed.datasets.sites import simulated_federation
 
     cfg = experiment(case, rounds, batch_size)
     sites, _ = simulated_federation(cfg.to_json())  # load + partition once, untimed
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    import medfed.client.client_app  # noqa: F401 (Flower sets up its logger on import)
+    import medfed.federation.client_app  # noqa: F401 (Flower sets up its logger on import)
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,14 +19,15 @@ import time
 import numpy as np
 import torch
 
-from medfed.client.client_app import app as client_app
-from medfed.client.site_data import simulated_federation
-from medfed.client.train import train_local
 from medfed.config import load_config
-from medfed.server.federation import run_federation
+from medfed.datasets.sites import simulated_federation
+from medfed.federation.client_app import app as client_app
+from medfed.federation.rounds import run_federation
+from medfed.federation.train import train_local
+from medfed.models import for_experiment
 from medfed.simulation.baselines import site_scaling
 from medfed.simulation.engine import InProcessGrid
-from medfed.simulation.evaluation import new_model, scale
+from medfed.simulation.evaluation import scale
 from medfed.tasks import get_task
 
 
@@ -37,7 +38,7 @@ def plain_loop(cfg, sites, info) -> float:
     weights /= weights.sum()
     task = get_task(info.task)
     start = time.perf_counter()
-    global_model = new_model(cfg, info)
+    global_model = for_experiment(cfg, info, seed=cfg.seed)
     for rnd in range(1, cfg.rounds + 1):
         states = []
         for i, site in enumerate(sites):

@@ -11,6 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medfed.errors import MedFedError
 
+# Flower run-config keys set by `medfed simulate` / `medfed run`, node-config keys set per site
+RUN_EXPERIMENT = "experiment"  # the ExperimentConfig as JSON
+RUN_ID = "medfed-run-id"  # MedFed's own run id: privacy ledgers are keyed by it
+RUN_LEDGER_DIR = "privacy-ledger-dir"
+RUN_OUTPUT_DIR = "output-dir"
+RUN_EVALUATION_HOOK = "evaluation-hook"
+NODE_PARTITION_ID = "partition-id"  # a virtual site's index (simulation)
+NODE_DATA_PATH = "data-path"  # a hospital's site folder (real federation)
+NODE_LEDGER_DIR = "privacy-ledger-dir"  # a hospital's own ledger folder
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")

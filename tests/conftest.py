@@ -47,7 +47,7 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """``medfed ARGS`` in this process: (exit code, stdout, stderr)."""
     import sys
 
-    from medfed.cli import main
+    from medfed.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["medfed", *args])
     code = 0

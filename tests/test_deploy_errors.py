@@ -35,7 +35,7 @@ def one_line_error(done, *needles: str) -> str:
 
 @pytest.fixture(scope="module")
 def material(tmp_path_factory):
-    from medfed.privacy.certs import create_node_keys, init_certs
+    from medfed.deploy.certs import create_node_keys, init_certs
 
     root = tmp_path_factory.mktemp("material")
     init_certs(root / "good", ["localhost", "127.0.0.1"])
@@ -151,7 +151,7 @@ def test_site_folder_that_fails_its_check(material, tmp_path):
 
 
 def test_audit_log_tampering_is_detected(tmp_path):
-    from medfed import audit
+    from medfed.deploy import audit
 
     log = tmp_path / "audit.jsonl"
     for rnd in range(1, 4):
@@ -170,8 +170,8 @@ def test_round_checkpoint_keeps_fedadam_moments(tmp_path):
     from flwr.app import ArrayRecord, ConfigRecord
     from flwr.serverapp.strategy import FedAdam
 
-    from medfed.server.federation import FederationSummary
-    from medfed.server.resume import load_round, restore_strategy, save_round
+    from medfed.deploy.resume import load_round, restore_strategy, save_round
+    from medfed.federation.rounds import FederationSummary
 
     strategy = FedAdam()
     strategy.m_t = {"weight": np.full((1, 3), 0.5, np.float32)}
@@ -186,3 +186,35 @@ def test_round_checkpoint_keeps_fedadam_moments(tmp_path):
     np.testing.assert_array_equal(fresh.m_t["weight"], strategy.m_t["weight"])
     np.testing.assert_array_equal(fresh.v_t["weight"], strategy.v_t["weight"])
     assert point.summary.scaling["feature-mean"] == [1.0]
+
+
+def test_model_not_in_registry(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # sqlite:///mlflow.db in tmp_path
+    done = run_cli(["model", "download", "no-such-model", "-o", str(tmp_path / "out")], tmp_path)
+    one_line_error(done, "no-such-model", "not in the registry")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_registry_is_not_a_missing_model(tmp_path, monkeypatch):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    done = run_cli(["model", "download", "hd-fedadam", "-o", str(tmp_path / "out")], tmp_path)
+    line = one_line_error(done, f"cannot reach the model registry at {uri}", "MLFLOW_TRACKING_URI")
+    assert "not in the registry" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_deployment_app_and_warm_executor_name_modules_that_exist():
+    import importlib.util
+    import tomllib
+
+    from medfed.deploy.flower import APP_PYPROJECT
+    from medfed.deploy.supernode import PRELOAD
+
+    components = tomllib.loads(APP_PYPROJECT)["tool"]["flwr"]["app"]["components"]
+    assert components == {"serverapp": "medfed.deploy.server_app:app",
+                          "clientapp": "medfed.deploy.client_app:app"}
+    modules = [spec.split(":")[0] for spec in components.values()] + list(PRELOAD)
+    assert [name for name in modules if importlib.util.find_spec(name) is None] == []

@@ -178,7 +178,7 @@ def test_coordinator_killed_after_round_two_resume_runs_the_rest_once(fed):
              300, "round 2", interval=0.05)
     fed.procs.crash("server")  # the coordinator machine goes down: SuperLink + ServerApp
     fed.procs.crash("run-crash")
-    from medfed.server.resume import load_round
+    from medfed.deploy.resume import load_round
 
     saved = load_round(run_dir).round
     assert 2 <= saved < 5

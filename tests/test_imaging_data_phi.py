@@ -72,7 +72,7 @@ def test_no_phi_reaches_the_server(tmp_path, monkeypatch, caplog):
               "rounds": 2, "seed": 0}
     path = tmp_path / "phi.yaml"
     path.write_text(yaml.safe_dump(config))
-    from medfed.cli import app
+    from medfed.cli.main import app
 
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "run"

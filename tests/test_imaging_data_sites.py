@@ -48,7 +48,7 @@ def test_second_load_reads_the_cache_not_dicom(cls_sites, tmp_path, monkeypatch)
     options = {"roots": [str(cls_sites[0])], "spatial_size": [16, 16],
                "cache_dir": str(tmp_path)}
     first = load_dataset("site-folders", options)
-    import medfed.datasets.site_folders as site_folders
+    import medfed.datasets.imaging.site_folders as site_folders
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded DICOM although the cache holds the row")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medfed.datasets import load_dataset
-from medfed.datasets.medmnist import md5_of
+from medfed.datasets.imaging.medmnist import md5_of
 from medfed.datasets.sites import build_sites
 from medfed.errors import MedFedError
 
@@ -62,7 +62,7 @@ def test_rgb_multiclass_and_3d_files(data_root):
 
 
 def test_large_sets_become_a_memmap_cache(data_root, monkeypatch):
-    import medfed.datasets.medmnist as mm
+    import medfed.datasets.imaging.medmnist as mm
 
     monkeypatch.setattr(mm, "RAM_BYTES", 1000)
     write_npz(data_root / "medmnist", "nodulemnist3d", (8, 8, 8), False)
@@ -130,7 +130,7 @@ def test_real_adrenal3d(shared_data, monkeypatch, tmp_path):
 
 
 def test_short_simulation_on_real_breastmnist(shared_data, monkeypatch, tmp_path):
-    from medfed.cli import app
+    from medfed.cli.main import app
 
     monkeypatch.setenv("MEDFED_DATA_DIR", str(shared_data))
     if not (shared_data / "medmnist" / "breastmnist.npz").is_file():

@@ -10,7 +10,7 @@ from torch import nn
 
 from medfed.errors import MedFedError
 from medfed.models import MODELS, build_model, check_options
-from medfed.models.imaging import make_dp_compatible
+from medfed.models.dp_compat import make_dp_compatible
 
 CLASSIFIERS = ["small_cnn", "densenet121", "resnet18", "resnet50"]
 SHAPES = {"2d": (1, 16, 16), "3d": (1, 8, 8, 8)}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from medfed.client.batches import ArrayBatches, augmentation
-from medfed.client.train import predict, train_local
 from medfed.config import TrainConfig
+from medfed.federation.batches import ArrayBatches, augmentation
+from medfed.federation.train import predict, train_local
 from medfed.models import build_model
 from medfed.tasks import get_task
 from medfed.tasks.classification import class_details
@@ -77,7 +77,7 @@ def test_class_details_with_an_absent_class():
 
 def test_binary_task_has_no_details_and_is_unchanged():
     task = get_task("binary")
-    assert not hasattr(task, "details")
+    assert task.details(np.array([0, 1]), np.array([0.2, 0.7])) is None
     assert task.metrics(np.array([0, 1, 1, 0]), np.array([0.1, 0.9, 0.8, 0.3]))["auroc"] == 1.0
 
 
@@ -123,7 +123,7 @@ def test_segmentation_trains_on_patches_and_predicts_by_sliding_window():
 
 
 def test_report_markdown_has_class_tables_and_dice_per_label():
-    from medfed.simulation.imaging_report import imaging_markdown
+    from medfed.reports.imaging import imaging_markdown
 
     y, proba = np.array([0, 1, 2, 2]), np.eye(3)[[0, 1, 1, 2]]
     details = get_task("multiclass").details(y, proba)

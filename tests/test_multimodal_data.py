@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medfed.datasets.multimodal_demo import write_multimodal_sites
-from medfed.datasets.multimodal_sites import load
+from medfed.datasets.multimodal.demo import write_multimodal_sites
+from medfed.datasets.multimodal.sites import load
 from medfed.errors import MedFedError
 
 CLINICAL = {"numeric": ["age", "crp"], "categorical": ["sex", "smoker"]}
@@ -97,7 +97,7 @@ def test_clean_site_passes_the_cli_check(demo):
 
 
 def test_a_real_hospital_reads_its_own_multimodal_folder(demo):
-    from medfed.client.site_folder import load_site_folder
+    from medfed.datasets.site_folder import load_site_folder
 
     declared = {"numeric": ["age", "crp"],
                 "categorical": {"sex": ["F", "M"], "smoker": ["no", "yes"]}}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medfed.models import build_model
-from medfed.models.multimodal import drop_modalities, site_state_dict
+from medfed.models import build_model, site_state_dict
+from medfed.models.multimodal import drop_modalities
 
 SHAPE = (1, 8, 8)
 N_CLIN = 3
@@ -82,8 +82,8 @@ def test_single_modality_variants_build_only_their_branch():
 def test_fusion_model_is_dp_compatible_and_trains_under_opacus():
     from opacus.validators import ModuleValidator
 
-    from medfed.client.train import pick_device
     from medfed.config import validate
+    from medfed.models.runtime import pick_device
     from medfed.privacy.dp import train_dp
     from medfed.tasks import get_task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medfed.config import validate
-from medfed.simulation.report import markdown
+from medfed.reports.report import markdown
 from medfed.simulation.runner import run_simulation
 
 MODEL = {"name": "multimodal", "image_shape": [1, 16, 16],

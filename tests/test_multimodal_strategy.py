@@ -7,8 +7,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from medfed.config import StrategyConfig
-from medfed.models import build_model
-from medfed.models.multimodal import site_state_dict
+from medfed.models import build_model, site_state_dict
 from medfed.strategies import STRATEGIES, build_strategy
 from medfed.strategies.partial import FedAvgPartial, partial_average
 

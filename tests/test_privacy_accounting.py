@@ -44,7 +44,7 @@ def test_reported_epsilon_matches_opacus_from_ledger_history(tmp_path, accountan
 
 
 def _sites(cfg):
-    from medfed.client.site_data import simulated_federation
+    from medfed.datasets.sites import simulated_federation
 
     return simulated_federation(cfg.to_json())[0]
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from medfed.config import TrainConfig
-from medfed.privacy.compat import dp_ready
+from medfed.models.dp_compat import dp_ready
 from medfed.privacy.dp import train_dp
 from medfed.tasks import get_task
 

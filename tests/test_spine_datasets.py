@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from medfed.datasets import load_dataset
-from medfed.datasets.heart_disease import preprocess, read_centre
+from medfed.datasets.clinical.heart_disease import preprocess, read_centre
 from medfed.datasets.partition import partition_rows
 from medfed.datasets.scaling import combine_moments, site_moments
 from medfed.datasets.sites import build_sites

@@ -13,7 +13,7 @@ from medfed.errors import MedFedError
 
 
 def test_tcga_brca_natural_six_regions(shared_data):
-    from medfed.datasets.tcga_brca import load
+    from medfed.datasets.clinical.tcga_brca import load
 
     data = load(str(shared_data / "tcga-brca"))
     assert data.x.shape == (1088, 39) and data.y.shape == (1088, 2)
@@ -30,7 +30,7 @@ def _write(path, rows):
 
 
 def test_csv_survival_loads_and_partitions(tmp_path):
-    from medfed.datasets.csv_survival import load
+    from medfed.datasets.clinical.csv_survival import load
 
     rng = np.random.default_rng(0)
     rows = [f"{rng.uniform(1, 100):.1f},{int(rng.random() < 0.4)},{rng.normal(60, 9):.1f},"
@@ -45,7 +45,7 @@ def test_csv_survival_loads_and_partitions(tmp_path):
 @pytest.mark.parametrize("row, message", [("-3,1,50,A", "negative survival time"),
                                           ("3,2,50,A", "event values must be 0")])
 def test_csv_survival_bad_values_one_line(tmp_path, row, message):
-    from medfed.datasets.csv_survival import load
+    from medfed.datasets.clinical.csv_survival import load
 
     path = _write(tmp_path / "bad.csv", ["5,1,60,A", "7,0,61,B", row])
     with pytest.raises(MedFedError, match=message) as info:

@@ -9,7 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medfed.datasets.sepsis_features import COLUMNS, LABEL, hourly_features, sequence_features
+from medfed.datasets.timeseries.sepsis_features import (
+    COLUMNS,
+    LABEL,
+    hourly_features,
+    sequence_features,
+)
 from medfed.errors import MedFedError
 
 
@@ -71,9 +76,9 @@ def _psv(path, frame):
 
 
 def test_patient_level_split_and_partition(tmp_path):
-    from medfed.datasets.sepsis import load
-    from medfed.datasets.sepsis_demo import write_demo
     from medfed.datasets.sites import build_sites
+    from medfed.datasets.timeseries.sepsis import load
+    from medfed.datasets.timeseries.sepsis_demo import write_demo
 
     write_demo(tmp_path / "d", sites=2, patients=40, septic_share=0.25, seed=3)
     data = load(str(tmp_path / "d"))
@@ -90,7 +95,7 @@ def test_patient_level_split_and_partition(tmp_path):
 
 
 def test_bad_psv_files_one_line(tmp_path):
-    from medfed.datasets.sepsis import load, read_stay
+    from medfed.datasets.timeseries.sepsis import load, read_stay
 
     raw, _ = _stays((5,))
     no_label = _psv(tmp_path / "a" / "p1.psv", raw.drop(columns=[LABEL]))

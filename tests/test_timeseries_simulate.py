@@ -10,8 +10,8 @@ import pytest
 @pytest.mark.parametrize("model, representation", [("mlp", "window"), ("gru", "sequence")])
 def test_sepsis_simulation_report(tmp_path, model, representation):
     from medfed.config import validate
-    from medfed.datasets.sepsis_demo import write_demo
-    from medfed.simulation.report import write_report
+    from medfed.datasets.timeseries.sepsis_demo import write_demo
+    from medfed.reports.report import write_report
     from medfed.simulation.runner import run_simulation
 
     write_demo(tmp_path / "stays", sites=2, patients=25, septic_share=0.3, seed=1)

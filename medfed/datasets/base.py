@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,6 +36,56 @@ class TableDataset:
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"{self.name}: {len(self.x)} feature rows but {len(self.y)} labels")
+
+
+class SiteLoader(Protocol):
+    """A real hospital's data -> its table (``Dataset.load_site``).
+
+    ``path``: the dataset's ``site_file`` of the folder, or the folder itself. ``test_fraction``
+    and ``seed`` are the federation's: a dataset that must split while loading (e.g. to scale
+    clinical columns with training patients only) uses them and sets ``split``; the others
+    leave ``split`` None and the site is split by ``medfed.datasets.splits.split_rows``.
+    """
+
+    def __call__(self, path: Path, options: dict[str, Any], *, test_fraction: float,
+                 seed: int) -> TableDataset: ...
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One registered dataset (``DATASET`` in its module): what `medfed datasets list` shows,
+    how simulation loads the whole federation and how a real hospital loads its own folder."""
+
+    name: str
+    task: str  # as listed; a loader may refine it (e.g. multiclass for more than two labels)
+    default_model: str
+    description: str
+    natural_sites: bool  # the data names each row's hospital (partition.scheme: natural)
+    load_federation: Callable[..., TableDataset]  # dataset.options as keyword arguments
+    load_site: SiteLoader | None = None  # None: simulation only, no real hospital folder
+    site_file: Callable[[Path], Path] | None = None  # the folder's one file load_site reads
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """The task, one sample's shape (features, or C x spatial) and the label space."""
+
+    task: str
+    input_shape: tuple[int, ...]
+    n_classes: int
+
+
+@dataclass(frozen=True)
+class DataInfo(DataShape):
+    """What the server may know about the data: shapes and label space, never rows."""
+
+    standardize: bool = True  # tabular features are scaled with federated statistics
+
+
+def data_info(data: TableDataset) -> DataInfo:
+    return DataInfo(task=data.task, input_shape=tuple(data.x.shape[1:]),
+                    n_classes=max(len(data.class_names), int(data.y.max()) + 1),
+                    standardize=data.standardize)
 
 
 @dataclass

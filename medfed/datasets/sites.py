@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
-from medfed.datasets.base import Site, TableDataset
+from medfed.config import config_from_json
+from medfed.datasets import load_dataset
+from medfed.datasets.base import DataInfo, Site, TableDataset, data_info
 from medfed.datasets.partition import partition_rows
+from medfed.datasets.splits import fixed_split, split_rows
 from medfed.errors import MedFedError
 from medfed.tasks import get_task
 
 
-def split_site(rows: np.ndarray, y: np.ndarray, test_fraction: float, seed: int,
-               task: str = "binary") -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/test rows of one site (unstratified if a class has < 2 rows)."""
-    from sklearn.model_selection import train_test_split
-
-    stratify = get_task(task).stratify(y[rows])
-    train, test = train_test_split(rows, test_size=test_fraction, random_state=seed,
-                                   stratify=stratify)
-    return np.sort(train), np.sort(test)
-
-
 def partition_labels(data: TableDataset) -> np.ndarray:
     """(N,) integer labels for label-skew partitioners (survival: the event indicator)."""
-    hook = getattr(get_task(data.task), "partition_labels", None)
-    return hook(data.y) if hook else data.y
+    return get_task(data.task).partition_labels(data.y)
 
 
 def partition_units(data: TableDataset, scheme: str, n_sites: int,
@@ -51,9 +44,9 @@ def build_sites(data: TableDataset, scheme: str, n_sites: int, *, alpha: float =
         # datasets with units (e.g. ICU stays) fix their split per unit: it is always kept
         if data.split is not None and (scheme == "natural" or data.units is not None
                                        or data.keep_split):
-            train, test = rows[data.split[rows] == "train"], rows[data.split[rows] == "test"]
+            train, test = fixed_split(rows, data.split)
         else:
-            train, test = split_site(rows, data.y, test_fraction, seed + i, data.task)
+            train, test = split_rows(rows, data.y, test_fraction, seed + i, data.task)
         sites.append(Site(name, data.x[train], data.y[train], data.x[test], data.y[test],
                           task=data.task))
     check_sites(sites, data.name)
@@ -70,3 +63,26 @@ def check_sites(sites: list[Site], dataset: str) -> None:
         if problem:
             raise MedFedError(f"{dataset}: site {site.name!r} has {problem}; raise "
                               "partition.alpha, lower partition.sites, or drop that site")
+
+
+@lru_cache(maxsize=4)
+def simulated_federation(experiment_json: str) -> tuple[list[Site], DataInfo]:
+    """All virtual sites of one experiment (cached: every ClientApp of a process shares it)."""
+    cfg = config_from_json(experiment_json)
+    data = load_dataset(cfg.dataset.name, cfg.dataset.options)
+    sites = build_sites(data, cfg.partition.scheme, cfg.partition.sites,
+                        alpha=cfg.partition.alpha, test_fraction=cfg.partition.test_fraction,
+                        min_size=cfg.partition.min_site_size, seed=cfg.partition_seed)
+    return sites, data_info(data)
+
+
+@lru_cache(maxsize=4)
+def hospital_site(experiment_json: str, data_path: str) -> tuple[Site, DataInfo]:
+    """A real hospital's own folder (cached: a warm ClientApp process reads it once)."""
+    from medfed.datasets.site_folder import load_site_folder
+
+    cfg = config_from_json(experiment_json)
+    site, data = load_site_folder(data_path, cfg.dataset.name, cfg.dataset.options,
+                                  test_fraction=cfg.partition.test_fraction,
+                                  seed=cfg.partition_seed)
+    return site, data_info(data)

@@ -1,15 +1,24 @@
-"""Models by name: ``build_model(name, input_shape, n_outputs, **options)``."""
+"""Models by name: ``build_model(name, input_shape, n_outputs, **options)``.
+
+``for_experiment(cfg, info)`` is the one place an experiment's model is built: the server's
+initial weights, each site's model and every evaluation use it, so all agree on the layers.
+"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+import torch
 from torch import nn
 
+from medfed.config import ExperimentConfig
+from medfed.datasets.base import DataInfo
 from medfed.errors import MedFedError
+from medfed.tasks import get_task
 
 # name -> "module:function"; each builder takes (n_features | input_shape, n_outputs, **options)
 MODELS: dict[str, str] = {
@@ -49,3 +58,33 @@ def build_model(name: str, input_shape: tuple[int, ...], n_outputs: int,
     check_options(name, options)
     first = input_shape[0] if name in TABULAR else input_shape
     return model_builder(name)(first, n_outputs, **options)
+
+
+@runtime_checkable
+class PartialModel(Protocol):
+    """A model whose sites may send part of it: the arrays their own data trains."""
+
+    def site_state_dict(self, x_train: np.ndarray) -> dict[str, torch.Tensor]: ...
+
+
+def site_state_dict(model: nn.Module, x_train: np.ndarray) -> dict[str, torch.Tensor]:
+    """What a site sends after training on ``x_train``: every array, unless the model is a
+    ``PartialModel`` (e.g. multimodal: a clinical-only site leaves out the image branch)."""
+    if isinstance(model, PartialModel):
+        return model.site_state_dict(x_train)
+    return model.state_dict()
+
+
+def for_experiment(cfg: ExperimentConfig, info: DataInfo, seed: int | None = None) -> nn.Module:
+    """The experiment's model for data described by ``info``; Opacus-ready under DP-SGD.
+
+    ``seed``: initial weights drawn after ``torch.manual_seed(seed)`` (None: weights that are
+    about to be overwritten, e.g. a site loading the global model).
+    """
+    from medfed.models.dp_compat import maybe_dp_ready
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    n_outputs = get_task(info.task).n_outputs(info.n_classes)
+    model = build_model(cfg.model.name, info.input_shape, n_outputs, **cfg.model_options())
+    return maybe_dp_ready(model, cfg.privacy.mode)  # BatchNorm -> GroupNorm etc. for Opacus

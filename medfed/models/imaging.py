@@ -2,20 +2,18 @@
 
 Every builder takes ``input_shape = (C, *spatial)`` (2D or 3D, read from the data) and the
 number of outputs; ``dp=True`` gives an Opacus-compatible network (GroupNorm instead of
-BatchNorm, no in-place activations). ``make_dp_compatible`` does the same to any model.
+BatchNorm, no in-place activations); ``medfed.models.dp_compat`` fixes any other model.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from medfed.errors import MedFedError
-
-log = logging.getLogger("medfed.models")
+from medfed.models.dp_compat import make_dp_compatible
 
 _GROUPS = 8  # GroupNorm groups for DP: divides every channel count of the nets below
 
@@ -39,32 +37,6 @@ def _groups(channels: int) -> int:
         if channels % groups == 0:
             return groups
     return 1
-
-
-def make_dp_compatible(model: nn.Module) -> nn.Module:
-    """Make ``model`` acceptable to Opacus: BatchNorm -> GroupNorm, in-place activations off.
-
-    Returns the (possibly new) model; logs one line naming what was changed.
-    """
-    changed: list[str] = []
-
-    def swap(module: nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, nn.modules.batchnorm._BatchNorm):
-                setattr(module, name, nn.GroupNorm(_groups(child.num_features), child.num_features))
-                changed.append("BatchNorm->GroupNorm")
-            else:
-                swap(child)
-
-    swap(model)
-    for module in model.modules():
-        if getattr(module, "inplace", False) is True:
-            module.inplace = False
-            changed.append("in-place activation off")
-    if changed:
-        counts = {c: changed.count(c) for c in dict.fromkeys(changed)}
-        log.info("DP-compatible model: %s", ", ".join(f"{n} x{c}" for c, n in counts.items()))
-    return model
 
 
 def _norm(dp: bool) -> tuple | str:

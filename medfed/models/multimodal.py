@@ -7,7 +7,7 @@ embedding by its mask, so a missing image or clinical row contributes nothing, i
 and at inference. Modality dropout (training only) hides one of two present modalities at
 random so the head never depends on one branch alone. GroupNorm, no in-place ops: DP-ready.
 
-A site trains (and sends) only the branches its data can update: ``site_state_dict``.
+A site trains (and sends) only the branches its data can update: ``FusionNet.site_state_dict``.
 """
 
 from __future__ import annotations
@@ -87,6 +87,16 @@ class FusionNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(k * embed + k, fusion_hidden), nn.ReLU(),
                                   nn.Dropout(dropout), nn.Linear(fusion_hidden, n_outputs))
 
+    def site_state_dict(self, x_train: np.ndarray) -> dict[str, torch.Tensor]:
+        """The arrays a site sends: everything, except branches its data cannot train.
+
+        A clinical-only site leaves out ``image.*`` (its gradients there are always zero), so
+        the ``fedavg-partial`` strategy averages the image branch over imaging sites only.
+        """
+        missing = set(self.modalities) - site_modalities(x_train)
+        return {k: v for k, v in self.state_dict().items()
+                if k.split(".", 1)[0] not in missing}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, P) packed rows -> (N, n_outputs) logits."""
         has_image, has_clinical = modality_masks(x)
@@ -132,16 +142,3 @@ def site_modalities(x: np.ndarray) -> set[str]:
     if len(x) and float(np.max(x[:, -1])) > 0:
         present.add("clinical")
     return present
-
-
-def site_state_dict(model: nn.Module, x_train: np.ndarray) -> dict[str, torch.Tensor]:
-    """The arrays a site sends: everything, except branches its data cannot train.
-
-    A clinical-only site leaves out ``image.*`` (its gradients there are always zero), so
-    the ``fedavg-partial`` strategy averages the image branch over imaging sites only.
-    """
-    state = model.state_dict()
-    if not isinstance(model, FusionNet):
-        return state
-    missing = set(model.modalities) - site_modalities(x_train)
-    return {k: v for k, v in state.items() if k.split(".", 1)[0] not in missing}

@@ -3,7 +3,9 @@
 - ``accounting``: epsilon from an accountant history; the noise plan for the whole training.
 - ``ledger``: one crash-consistent JSON file per site recording every round's spend.
 - ``dp``: Opacus DP-SGD local training (ghost clipping, hooks as fallback).
-- ``compat``: automatic ModuleValidator fix (BatchNorm -> GroupNorm, no in-place activations).
 - ``site``: what a ClientApp does each round (plan, check budget, train, record).
 - ``central``: client-level central DP with Flower's fixed-clipping strategy wrappers.
+- ``baseline``, ``simulation``, ``report``: the simulation's DP references, checks and report.
+
+The automatic Opacus fix of a model lives with the models (``medfed.models.dp_compat``).
 """

@@ -2,25 +2,31 @@
 
 With ``privacy.mode=dp-sgd`` a fair comparison trains the baselines under the same (epsilon,
 delta) over the same number of epochs (rounds x local epochs), planned the same way. These
-are counterfactual references: they are not recorded in any site's ledger.
+are counterfactual references: they are not recorded in any site's ledger. Their accounting
+is returned to the caller, which passes it on to the report (``privacy.baselines``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import torch
 from torch import nn
 
 from medfed.config import ExperimentConfig
 from medfed.privacy.accounting import epsilon_of, plan_site
 from medfed.privacy.dp import train_dp
-
-# arm -> {epsilon, noise_multiplier, steps, sample_rate, grad_sample_mode}; read by the report
-LAST_BASELINES: dict[str, dict] = {}
+from medfed.tasks.base import Task
 
 
-def train_reference_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, task,
-                       cfg: ExperimentConfig, *, seed: int, device, arm: str) -> dict:
-    """Train one reference model with DP-SGD at the experiment's budget; its accounting."""
+def train_reference_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, task: Task,
+                       cfg: ExperimentConfig, *, seed: int, device: torch.device | None,
+                       arm: str) -> dict[str, Any]:
+    """Train one reference model with DP-SGD at the experiment's budget; its accounting.
+
+    The accounting: epsilon, noise_multiplier, steps, sample_rate, grad_sample_mode.
+    """
     p = cfg.privacy
     epochs = cfg.rounds * cfg.train.local_epochs
     plan = plan_site(n_train=len(y), batch_size=cfg.train.batch_size, local_epochs=epochs,
@@ -30,8 +36,6 @@ def train_reference_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, task,
     result = train_dp(model, x, y, task, cfg.train, noise_multiplier=plan.noise_multiplier,
                       max_grad_norm=p.max_grad_norm, epochs=epochs, seed=seed,
                       accountant=p.accountant, mode=p.grad_sample_mode, device=device)
-    info = {"epsilon": epsilon_of(result.history, p.delta, p.accountant),
+    return {"epsilon": epsilon_of(result.history, p.delta, p.accountant),
             "noise_multiplier": plan.noise_multiplier, "steps": result.steps,
             "sample_rate": plan.sample_rate, "grad_sample_mode": result.grad_sample_mode}
-    LAST_BASELINES[arm] = info
-    return info

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from medfed.client.train import make_optimizer, one_thread_for_tables, pick_device
 from medfed.config import TrainConfig
+from medfed.models.runtime import make_optimizer, one_thread_for_tables, pick_device
 
 log = logging.getLogger("medfed.privacy")
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medfed.config import ExperimentConfig
+from medfed.config import RUN_ID, RUN_LEDGER_DIR, ExperimentConfig
 from medfed.datasets.base import Site
 from medfed.errors import MedFedError
 from medfed.privacy.ledger import Ledger
+from medfed.privacy.report import central_section, dp_sgd_section
 
 
 @dataclass
@@ -22,26 +23,30 @@ class PrivacyRun:
 
     def run_config(self) -> dict[str, str]:
         """What the ClientApps need: where the ledgers are and which run this is."""
-        out = {"medfed-run-id": self.run_id}
+        out = {RUN_ID: self.run_id}
         if self.ledger_dir is not None:
-            out["privacy-ledger-dir"] = str(self.ledger_dir)
+            out[RUN_LEDGER_DIR] = str(self.ledger_dir)
         return out
 
 
 def prepare(cfg: ExperimentConfig, sites: list[Site]) -> PrivacyRun:
     """Fail fast (exit 2) on bad epsilon/delta, an impossible plan or a corrupted ledger."""
-    from medfed.privacy.baseline import LAST_BASELINES
-
     run = PrivacyRun(cfg.privacy.mode, uuid.uuid4().hex[:12])
-    LAST_BASELINES.clear()
     if cfg.privacy.mode == "central":
         from medfed.privacy.central import central_noise
 
         central_noise(cfg, len(sites))
     if cfg.privacy.mode != "dp-sgd":
         return run
-    from medfed.privacy.site import default_ledger_dir, site_plan
+    _check_dp_sgd(cfg, sites)
+    _open_ledgers(cfg, run, sites)
+    if cfg.baselines.centralized or cfg.baselines.local_only:
+        _plan_baselines(cfg, sites)
+    return run
 
+
+def _check_dp_sgd(cfg: ExperimentConfig, sites: list[Site]) -> None:
+    """Refuse what DP-SGD cannot clip per patient: FedProx's term, the Cox likelihood."""
     if cfg.strategy.name == "fedprox" or cfg.strategy_options().get("proximal_mu"):
         raise MedFedError("strategy.name=fedprox: its proximal term is not per-sample, so "
                           "DP-SGD cannot clip it; use fedavg (or another strategy) with "
@@ -50,33 +55,43 @@ def prepare(cfg: ExperimentConfig, sites: list[Site]) -> PrivacyRun:
         raise MedFedError("privacy.mode=dp-sgd with a survival task: the Cox partial "
                           "likelihood couples the patients of a batch, so per-patient clipping "
                           "gives no guarantee; use privacy.mode=central or none")
+
+
+def _open_ledgers(cfg: ExperimentConfig, run: PrivacyRun, sites: list[Site]) -> None:
+    """Each site's ledger: plan this run against its budget, remember its earlier runs."""
+    from medfed.privacy.site import default_ledger_dir, site_plan
+
     run.ledger_dir = Path(cfg.privacy.ledger_dir) if cfg.privacy.ledger_dir \
         else default_ledger_dir()
     for site in sites:
         ledger = Ledger.open(run.ledger_dir, site.name)
         site_plan(cfg, ledger, run.run_id, site.n_train)
         run.earlier_runs[site.name] = set(ledger.runs())
-    if cfg.baselines.centralized or cfg.baselines.local_only:
-        from medfed.privacy.accounting import plan_site
 
-        n = sum(s.n_train for s in sites)
-        plan_site(n_train=n, batch_size=cfg.train.batch_size,
-                  local_epochs=cfg.rounds * cfg.train.local_epochs, rounds=1,
-                  epsilon=cfg.privacy.epsilon, delta=cfg.privacy.delta,
-                  accountant=cfg.privacy.accountant, noise_multiplier=cfg.privacy.noise_multiplier,
-                  site="centralized baseline", per_round=False)
-    return run
+
+def _plan_baselines(cfg: ExperimentConfig, sites: list[Site]) -> None:
+    """The DP-SGD baselines must be plannable at the same budget (all sites' rows pooled)."""
+    from medfed.privacy.accounting import plan_site
+
+    n = sum(s.n_train for s in sites)
+    plan_site(n_train=n, batch_size=cfg.train.batch_size,
+              local_epochs=cfg.rounds * cfg.train.local_epochs, rounds=1,
+              epsilon=cfg.privacy.epsilon, delta=cfg.privacy.delta,
+              accountant=cfg.privacy.accountant, noise_multiplier=cfg.privacy.noise_multiplier,
+              site="centralized baseline", per_round=False)
 
 
 def section(cfg: ExperimentConfig, run: PrivacyRun, sites: list[Site],
-            history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """report.json's ``privacy`` (None when privacy.mode is none)."""
-    from medfed.privacy.baseline import LAST_BASELINES
-    from medfed.privacy.report import central_section, dp_sgd_section
+            history: list[dict[str, Any]], baselines: dict[str, dict[str, Any]]
+            ) -> dict[str, Any] | None:
+    """report.json's ``privacy`` (None when privacy.mode is none).
 
+    ``baselines``: the DP-SGD accounting of each reference model, by arm (``centralized``,
+    ``local_only/<site>``), as the baselines' training returned it; empty when none.
+    """
     if run.mode == "none":
         return None
     if run.mode == "central":
         return central_section(cfg, len(sites), len(history))
     return dp_sgd_section(cfg, [s.name for s in sites], run.ledger_dir, run.run_id, history,
-                          LAST_BASELINES, run.earlier_runs)
+                          baselines, run.earlier_runs)

@@ -2,7 +2,8 @@
 
 The accountant history lives with the site: in the ClientApp's ``Context.state`` (this run)
 and in the site's ledger file (all runs). A site whose next round would exceed its budget
-does not train: ``BudgetExhausted`` becomes a Flower error reply the server logs and shows.
+does not train: ``BudgetExhausted`` becomes a Flower error reply (the ClientApp's) that the
+server logs and shows.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import numpy as np
 from flwr.app import ConfigRecord, Context
 from torch import nn
 
-from medfed.config import ExperimentConfig
+from medfed.config import NODE_LEDGER_DIR, RUN_ID, RUN_LEDGER_DIR, ExperimentConfig
 from medfed.privacy.accounting import Plan, epsilon_of, merge, plan_site
 from medfed.privacy.ledger import Ledger, Spend
 
-BUDGET_EXHAUSTED_CODE = 4001  # Flower error code of a site that refuses to train
 STATE_KEY = "medfed.privacy"
 
 
@@ -34,13 +34,13 @@ def default_ledger_dir() -> Path:
 def ledger_dir(context: Context, cfg: ExperimentConfig) -> Path:
     """The site's own node config ``privacy-ledger-dir`` (a real hospital), the run config's
     (simulation), the experiment's ``privacy.ledger_dir``, else ~/.medfed/privacy."""
-    where = (context.node_config.get("privacy-ledger-dir")
-             or context.run_config.get("privacy-ledger-dir") or cfg.privacy.ledger_dir)
+    where = (context.node_config.get(NODE_LEDGER_DIR)
+             or context.run_config.get(RUN_LEDGER_DIR) or cfg.privacy.ledger_dir)
     return Path(str(where)) if where else default_ledger_dir()
 
 
 def run_id_of(context: Context) -> str:
-    return str(context.run_config.get("medfed-run-id") or f"flwr-{context.run_id}")
+    return str(context.run_config.get(RUN_ID) or f"flwr-{context.run_id}")
 
 
 def site_plan(cfg: ExperimentConfig, ledger: Ledger, run_id: str, n_train: int) -> Plan:

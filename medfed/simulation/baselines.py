@@ -7,17 +7,32 @@ optimiser, seed and number of epochs (rounds x local epochs) as the federation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from torch import nn
 
-from medfed.client.site_data import DataInfo
-from medfed.client.train import pick_device, train_local
 from medfed.config import ExperimentConfig
-from medfed.datasets.base import Site
+from medfed.datasets.base import DataInfo, Site
 from medfed.datasets.scaling import combine_moments, site_moments
-from medfed.simulation.evaluation import Scaling, new_model, scale, score_one_model, score_sites
+from medfed.federation.messages import Scaling
+from medfed.federation.train import train_local
+from medfed.models import for_experiment
+from medfed.models.runtime import pick_device
+from medfed.simulation.evaluation import scale, score_one_model, score_sites
 from medfed.tasks import get_task
+from medfed.tasks.base import Task
+
+Accounting = dict[str, Any]  # one DP-SGD model: epsilon, noise_multiplier, steps, sample_rate...
+
+
+@dataclass
+class Baselines:
+    """The reference arms of a run: scores by arm, and (DP-SGD only) each model's accounting."""
+
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # local_only, centralized
+    accounting: dict[str, Accounting] = field(default_factory=dict)  # report's privacy.baselines
 
 
 def epochs_of(cfg: ExperimentConfig) -> int:
@@ -30,35 +45,57 @@ def site_scaling(sites: list[Site], info: DataInfo) -> Scaling:
     return combine_moments(site_moments(s.x_train.reshape(s.n_train, -1)) for s in sites)
 
 
-def train_arm(model, x: np.ndarray, y: np.ndarray, task, cfg: ExperimentConfig, *,
-              epochs: int, seed: int, arm: str) -> None:
-    """Plain training, or DP-SGD at the same budget when privacy.mode is dp-sgd (fairness)."""
+def train_arm(model: nn.Module, x: np.ndarray, y: np.ndarray, task: Task,
+              cfg: ExperimentConfig, *, epochs: int, seed: int, arm: str) -> Accounting | None:
+    """Plain training, or DP-SGD at the same budget when privacy.mode is dp-sgd (fairness).
+
+    Returns the DP-SGD accounting, None when trained without DP.
+    """
     device = pick_device(cfg.train.device)
     if cfg.privacy.mode == "dp-sgd":
         from medfed.privacy.baseline import train_reference_dp
 
-        train_reference_dp(model, x, y, task, cfg, seed=seed, device=device, arm=arm)
-        return
+        return train_reference_dp(model, x, y, task, cfg, seed=seed, device=device, arm=arm)
     train_local(model, x, y, task, cfg.train, epochs=epochs, seed=seed, device=device)
+    return None
 
 
-def train_centralized(cfg: ExperimentConfig, sites: list[Site], info: DataInfo) -> dict[str, Any]:
+def train_centralized(cfg: ExperimentConfig, sites: list[Site], info: DataInfo
+                      ) -> tuple[dict[str, Any], dict[str, Accounting]]:
+    """One model on all sites' pooled training rows: its scores, its DP accounting (if any)."""
     scaling = site_scaling(sites, info)
     x = np.concatenate([s.x_train for s in sites])
     y = np.concatenate([s.y_train for s in sites])
-    model = new_model(cfg, info)
-    train_arm(model, scale(x, scaling), y, get_task(info.task), cfg, epochs=epochs_of(cfg),
-              seed=cfg.seed, arm="centralized")
-    return score_one_model(model, sites, info, scaling)
+    model = for_experiment(cfg, info, seed=cfg.seed)
+    dp = train_arm(model, scale(x, scaling), y, get_task(info.task), cfg,
+                   epochs=epochs_of(cfg), seed=cfg.seed, arm="centralized")
+    return score_one_model(model, sites, info, scaling), ({"centralized": dp} if dp else {})
 
 
-def train_local_only(cfg: ExperimentConfig, sites: list[Site], info: DataInfo) -> dict[str, Any]:
-    models, scalings = {}, {}
+def train_local_only(cfg: ExperimentConfig, sites: list[Site], info: DataInfo
+                     ) -> tuple[dict[str, Any], dict[str, Accounting]]:
+    """One model per site on its own rows: their scores, their DP accounting (if any)."""
+    models, scalings, accounting = {}, {}, {}
     for i, site in enumerate(sites):
         scalings[site.name] = site_scaling([site], info)
-        model = new_model(cfg, info)
-        train_arm(model, scale(site.x_train, scalings[site.name]), site.y_train,
-                  get_task(info.task), cfg, epochs=epochs_of(cfg), seed=cfg.seed + i,
-                  arm=f"local_only/{site.name}")
+        model = for_experiment(cfg, info, seed=cfg.seed)
+        arm = f"local_only/{site.name}"
+        dp = train_arm(model, scale(site.x_train, scalings[site.name]), site.y_train,
+                       get_task(info.task), cfg, epochs=epochs_of(cfg), seed=cfg.seed + i,
+                       arm=arm)
+        if dp:
+            accounting[arm] = dp
         models[site.name] = model
-    return score_sites(models, sites, info, scalings)
+    return score_sites(models, sites, info, scalings), accounting
+
+
+def train_baselines(cfg: ExperimentConfig, sites: list[Site], info: DataInfo) -> Baselines:
+    """The configured reference arms, local-only then centralized (report order)."""
+    out = Baselines()
+    arms = (("local_only", cfg.baselines.local_only, train_local_only),
+            ("centralized", cfg.baselines.centralized, train_centralized))
+    for name, wanted, train in arms:
+        if wanted:
+            out.metrics[name], accounting = train(cfg, sites, info)
+            out.accounting |= accounting
+    return out

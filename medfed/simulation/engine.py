@@ -17,6 +17,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run, RunStatus
 from flwr.supercore.task_identity import TaskIdentity
 
+from medfed.config import NODE_PARTITION_ID
+
 SERVER_NODE_ID = 1
 _run_ids = itertools.count(1)
 
@@ -34,7 +36,7 @@ class InProcessGrid(Grid):
                         bytes_recv=0, clientapp_runtime=0.0)
         self.contexts = {
             1000 + i: Context(run_id=run_id, node_id=1000 + i,
-                              node_config={"partition-id": i, "num-partitions": n_sites},
+                              node_config={NODE_PARTITION_ID: i, "num-partitions": n_sites},
                               state=RecordDict(), run_config=dict(run_config))
             for i in range(n_sites)
         }

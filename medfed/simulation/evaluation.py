@@ -8,40 +8,22 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-from medfed.client.site_data import DataInfo
-from medfed.client.train import predict
 from medfed.config import ExperimentConfig
-from medfed.datasets.base import Site
+from medfed.datasets.base import DataInfo, Site
 from medfed.datasets.scaling import standardize
-from medfed.metrics import clean
-from medfed.models import build_model
-from medfed.privacy.compat import maybe_dp_ready
+from medfed.federation.messages import Scaling, read_scaling
+from medfed.federation.train import predict
+from medfed.models import for_experiment
 from medfed.tasks import get_task
-
-Scaling = tuple[np.ndarray, np.ndarray] | None
-
-
-def scaling_from_record(record: ConfigRecord) -> Scaling:
-    if "feature-mean" not in record:
-        return None
-    return (np.asarray(record["feature-mean"], np.float32),
-            np.asarray(record["feature-std"], np.float32))
+from medfed.tasks.metrics import clean
 
 
 def scale(x: np.ndarray, scaling: Scaling) -> np.ndarray:
     return x if scaling is None else standardize(x, *scaling)
 
 
-def new_model(cfg: ExperimentConfig, info: DataInfo) -> torch.nn.Module:
-    torch.manual_seed(cfg.seed)
-    task = get_task(info.task)
-    model = build_model(cfg.model.name, info.input_shape, task.n_outputs(info.n_classes),
-                        **cfg.model_options())
-    return maybe_dp_ready(model, cfg.privacy.mode)  # the same layers the sites train
-
-
 def model_from_arrays(cfg: ExperimentConfig, info: DataInfo, arrays: ArrayRecord):
-    model = new_model(cfg, info)
+    model = for_experiment(cfg, info, seed=cfg.seed)
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
 
@@ -58,8 +40,9 @@ def score_sites(models: dict[str, torch.nn.Module], sites: list[Site], info: Dat
         scores.append(s)
     pooled = clean(task.metrics(np.concatenate(ys), np.concatenate(scores)))
     result = {"pooled": pooled, "per_site": per_site}
-    if hasattr(task, "details"):  # e.g. multiclass: confusion matrix and per-class metrics
-        result["details"] = {"pooled": task.details(np.concatenate(ys), np.concatenate(scores)),
+    details = task.details(np.concatenate(ys), np.concatenate(scores))
+    if details is not None:  # e.g. multiclass: confusion matrix and per-class metrics
+        result["details"] = {"pooled": details,
                              "per_site": {site.name: task.details(y, s) for site, y, s in
                                           zip(sites, ys, scores, strict=True)}}
     return result
@@ -73,12 +56,12 @@ def score_one_model(model: torch.nn.Module, sites: list[Site], info: DataInfo,
 
 def central_evaluation(cfg: ExperimentConfig):
     """Per-round evaluate function over the virtual sites (the ServerApp's evaluation hook)."""
-    from medfed.client.site_data import simulated_federation
+    from medfed.datasets.sites import simulated_federation
 
     sites, info = simulated_federation(cfg.to_json())
 
     def evaluate_fn(rnd: int, arrays: ArrayRecord, scaling: ConfigRecord) -> dict[str, Any]:
         model = model_from_arrays(cfg, info, arrays)
-        return score_one_model(model, sites, info, scaling_from_record(scaling))
+        return score_one_model(model, sites, info, read_scaling(scaling))
 
     return evaluate_fn

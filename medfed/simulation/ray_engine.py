@@ -22,13 +22,13 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 
-from medfed.config import ExperimentConfig
+from medfed.config import RUN_EVALUATION_HOOK, RUN_EXPERIMENT, RUN_OUTPUT_DIR, ExperimentConfig
 from medfed.errors import MedFedError
-from medfed.server.checkpoint import load_checkpoint
-from medfed.server.deploy import app_pyproject, flower_env, free_port
-from medfed.server.federation import FederationResult, FederationSummary
+from medfed.federation.app import app_pyproject, flower_env, free_port
+from medfed.federation.checkpoint import load_checkpoint
+from medfed.federation.rounds import FederationResult, FederationSummary
 
-SIM_RUN_CONFIG = {"experiment": "", "output-dir": "", "evaluation-hook": ""}
+SIM_RUN_CONFIG = {RUN_EXPERIMENT: "", RUN_OUTPUT_DIR: "", RUN_EVALUATION_HOOK: ""}
 
 
 def simulation_env(home: Path) -> dict[str, str]:
@@ -64,8 +64,8 @@ def write_app(work: Path, cfg: ExperimentConfig, port: int) -> tuple[Path, Path,
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "medfed-sim"\n\n[superlink.medfed-sim]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-    run_config = {"experiment": cfg.to_json(), "output-dir": str(out),
-                  "evaluation-hook": "medfed.simulation.evaluation:central_evaluation"}
+    run_config = {RUN_EXPERIMENT: cfg.to_json(), RUN_OUTPUT_DIR: str(out),
+                  RUN_EVALUATION_HOOK: "medfed.simulation.evaluation:central_evaluation"}
     (work / "run.toml").write_text("".join(f"{k} = {json.dumps(v)}\n"
                                            for k, v in run_config.items()))
     return app_dir, home, out
@@ -127,20 +127,15 @@ def run_with_ray(cfg: ExperimentConfig, n_sites: int,
     weights, _ = load_checkpoint(out)
     history = json.loads((out / "history.json").read_text())["history"]
     shutil.rmtree(work, ignore_errors=True)
-    summary = FederationSummary(task="", input_shape=(), n_classes=0, n_train=0)
-    summary.scaling = _scaling_of(cfg)
+    summary = FederationSummary(task="", input_shape=(), n_classes=0, scaling=_scaling_of(cfg))
     return FederationResult(ArrayRecord(weights), history, summary, time.perf_counter() - start)
 
 
 def _scaling_of(cfg: ExperimentConfig):
     """The federated scaling the server computed equals the pooled moments of the sites."""
-    from flwr.app import ConfigRecord
-
-    from medfed.client.site_data import simulated_federation
+    from medfed.datasets.sites import simulated_federation
+    from medfed.federation.messages import scaling_record
     from medfed.simulation.baselines import site_scaling
 
     sites, info = simulated_federation(cfg.to_json())
-    scaling = site_scaling(sites, info)
-    if scaling is None:
-        return ConfigRecord()
-    return ConfigRecord({"feature-mean": scaling[0].tolist(), "feature-std": scaling[1].tolist()})
+    return scaling_record(site_scaling(sites, info))

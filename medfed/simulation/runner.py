@@ -9,21 +9,21 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 
-from medfed.client.site_data import DataInfo, simulated_federation
-from medfed.config import ExperimentConfig
-from medfed.datasets import dataset_module
-from medfed.datasets.base import Site
+from medfed.config import RUN_EXPERIMENT, ExperimentConfig
+from medfed.datasets import get_dataset
+from medfed.datasets.base import DataInfo, Site
+from medfed.datasets.sites import simulated_federation
+from medfed.federation.messages import read_scaling
+from medfed.federation.rounds import FederationResult, RoundHooks, run_federation
 from medfed.models import check_options
 from medfed.privacy import simulation as privacy_sim
-from medfed.server.federation import FederationResult, run_federation
-from medfed.simulation.baselines import train_centralized, train_local_only
+from medfed.reports.report import build_report
+from medfed.simulation.baselines import train_baselines
 from medfed.simulation.evaluation import (
     central_evaluation,
     model_from_arrays,
-    scaling_from_record,
     score_one_model,
 )
-from medfed.simulation.report import build_report
 from medfed.simulation.task_report import task_extras
 from medfed.strategies import build_strategy
 
@@ -38,7 +38,7 @@ class SimulationResult:
 
 def check_config(cfg: ExperimentConfig) -> None:
     """Fail before any work on names and options that do not exist."""
-    dataset_module(cfg.dataset.name)
+    get_dataset(cfg.dataset.name)
     check_options(cfg.model.name, cfg.model_options())
     build_strategy(cfg.strategy, max(cfg.strategy.min_sites, 2))
 
@@ -46,7 +46,7 @@ def check_config(cfg: ExperimentConfig) -> None:
 def run_federated(cfg: ExperimentConfig, sites: list[Site], info: DataInfo,
                   on_round: RoundFn | None, extra_run_config: dict | None = None
                   ) -> FederationResult:
-    from medfed.client.client_app import app as client_app
+    from medfed.federation.client_app import app as client_app
     from medfed.simulation.engine import InProcessGrid
 
     if cfg.engine == "ray":
@@ -54,8 +54,9 @@ def run_federated(cfg: ExperimentConfig, sites: list[Site], info: DataInfo,
 
         return run_with_ray(cfg, len(sites), on_round)
     grid = InProcessGrid(client_app, len(sites),
-                         {"experiment": cfg.to_json(), **(extra_run_config or {})})
-    return run_federation(grid, cfg, evaluate_fn=central_evaluation(cfg), on_round=on_round)
+                         {RUN_EXPERIMENT: cfg.to_json(), **(extra_run_config or {})})
+    return run_federation(grid, cfg, RoundHooks(evaluate_fn=central_evaluation(cfg),
+                                                on_round=on_round))
 
 
 def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> SimulationResult:
@@ -66,21 +67,19 @@ def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> Si
     privacy = privacy_sim.prepare(cfg, sites)  # bad budget or ledger: exit 2 before training
     fed = run_federated(cfg, sites, info, on_round, privacy.run_config())
     final = score_one_model(model_from_arrays(cfg, info, fed.arrays), sites, info,
-                            scaling_from_record(fed.summary.scaling))
-    metrics = {"federated": final}
-    if cfg.baselines.local_only:
-        metrics["local_only"] = train_local_only(cfg, sites, info)
-    if cfg.baselines.centralized:
-        metrics["centralized"] = train_centralized(cfg, sites, info)
+                            read_scaling(fed.summary.scaling))
+    baselines = train_baselines(cfg, sites, info)
+    metrics = {"federated": final, **baselines.metrics}
     timing = {"total_s": time.perf_counter() - start, "federated_s": fed.seconds}
-    description = dataset_module(cfg.dataset.name).DESCRIPTION
+    description = get_dataset(cfg.dataset.name).description
     report = build_report(cfg, info, sites, metrics, fed.history, timing, description)
-    report["privacy"] = privacy_sim.section(cfg, privacy, sites, fed.history)
+    report["privacy"] = privacy_sim.section(cfg, privacy, sites, fed.history,
+                                            baselines.accounting)
     extras = task_extras(cfg, info, sites, fed.arrays, fed.summary.scaling)
     if extras is not None:  # e.g. the sepsis alarm table
         report["task_report"] = extras
     if cfg.model.name == "multimodal":  # image-only / clinical-only arms, modality ablations
-        from medfed.simulation.multimodal_report import multimodal_section
+        from medfed.simulation.multimodal_arms import multimodal_section
 
         report["multimodal"] = multimodal_section(cfg, sites, info, fed.arrays, final)
         report["timing"]["total_s"] = time.perf_counter() - start

@@ -8,10 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medfed.metrics import BINARY_METRICS, binary_metrics, multiclass_metrics
+from medfed.tasks.base import BaseTask
+from medfed.tasks.metrics import BINARY_METRICS, binary_metrics, multiclass_metrics
 
 
-class ClassLabels:
+class ClassLabels(BaseTask):
     """Label hooks shared by classifiers: class counts, stratified splits, two classes."""
 
     def label_summary(self, y: np.ndarray) -> dict[str, int]:

@@ -16,6 +16,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from medfed.tasks.base import BaseTask
+
 
 def dice_per_image(y: np.ndarray, pred: np.ndarray, label: int) -> np.ndarray:
     """Dice of one label for each image: (N,) float; NaN where neither mask nor prediction has
@@ -53,7 +55,7 @@ def sliding_window_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tens
 
 
 @dataclass(frozen=True)
-class SegmentationTask:
+class SegmentationTask(BaseTask):
     """K output channels (background included); masks hold labels 0..K-1."""
 
     name: str = "segmentation"

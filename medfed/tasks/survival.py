@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medfed.tasks.base import BaseTask
+
 
 def cox_loss(log_risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
     """Negative Cox partial log-likelihood with Breslow ties, averaged over events.
@@ -66,7 +68,7 @@ def check_survival_labels(time: np.ndarray, event: np.ndarray, where: str) -> st
 
 
 @dataclass(frozen=True)
-class SurvivalTask:
+class SurvivalTask(BaseTask):
     """One log-risk per row; y (N, 2) = (time, event)."""
 
     name: str = "survival"

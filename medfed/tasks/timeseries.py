@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medfed.metrics import binary_metrics, clean
+from medfed.tasks.base import BaseTask
+from medfed.tasks.metrics import binary_metrics, clean
 
 POLICY = {"threshold": 0.5, "dwell": 2, "cooldown": 6, "horizon": 12, "lead": 6,
           "thresholds": [0.3, 0.5, 0.7, 0.8, 0.9, 0.95]}
@@ -125,10 +126,11 @@ def _precision(label: np.ndarray, scores: np.ndarray, threshold: float) -> float
 
 
 @dataclass(frozen=True)
-class TimeSeriesTask:
+class TimeSeriesTask(BaseTask):
     """One logit per stay-hour; class-weighted BCE; hourly and per-stay alarm metrics."""
 
     name: str = "timeseries"
+    has_report_section: bool = True  # the alarm table and the precision-recall plot
     primary_metric: str = "auprc"
     metric_names: tuple[str, ...] = ("auroc", "auprc", *ALARM_METRICS)
 

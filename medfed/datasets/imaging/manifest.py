@@ -18,7 +18,6 @@ from medfed.errors import MedFedError
 MANIFEST = "manifest.csv"
 LABELS_FILE = "labels.txt"
 REQUIRED = ("patient_id", "image")
-RESERVED = {"patient_id", "image", "label", "mask", "split", "series_uid", "volume"}
 SPLITS = {"train", "test"}
 
 
@@ -108,7 +107,3 @@ def allowed_labels(site_dir: Path, given: list[str] | None = None) -> list[str] 
     if path.is_file():
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return None
-
-
-def clinical_columns(frame: pd.DataFrame, label_column: str = "label") -> list[str]:
-    return [c for c in frame.columns if c not in RESERVED | {label_column}]

@@ -10,18 +10,6 @@ import numpy as np
 from medfed.datasets.imaging.dicom import DicomImage, DicomProblem
 
 
-def is_dicom_seg(path: Path) -> bool:
-    """True for a file whose SOP class is Segmentation Storage."""
-    from medfed.datasets.imaging.dicom import is_dicom_file, read_header
-
-    if not Path(path).is_file() or not is_dicom_file(Path(path)):
-        return False
-    try:
-        return str(read_header(Path(path)).get("Modality", "")) == "SEG"
-    except DicomProblem:
-        return False
-
-
 def read_dicom_seg(path: Path, image: DicomImage) -> np.ndarray:
     """Mask (slices, rows, cols) int64 aligned with ``image.pixels``; value = segment number.
 

@@ -1,0 +1,1 @@
+"""The `medfed` command line: one module per command group (see `main`)."""

@@ -1,1 +1,0 @@
-"""Hospital side: the Flower ClientApp and local training."""

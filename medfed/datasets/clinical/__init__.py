@@ -1,0 +1,1 @@
+"""Tabular clinical datasets: breast cancer, UCI heart disease, TCGA-BRCA survival, CSVs."""

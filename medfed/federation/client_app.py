@@ -1,0 +1,172 @@
+"""The hospital's Flower ClientApp: site summary, local training and evaluation.
+
+Only model arrays and aggregate numbers leave the site: counts, feature sums for scaling,
+losses and metrics. Never rows, identifiers or file paths.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+
+from medfed.config import (
+    NODE_DATA_PATH,
+    NODE_PARTITION_ID,
+    RUN_EXPERIMENT,
+    ExperimentConfig,
+    config_from_json,
+)
+from medfed.datasets.base import DataInfo, Site
+from medfed.datasets.scaling import site_moments, standardize
+from medfed.datasets.sites import hospital_site, simulated_federation
+from medfed.errors import MedFedError
+from medfed.federation import messages
+from medfed.federation.train import predict, train_local
+from medfed.models import for_experiment, site_state_dict
+from medfed.models.runtime import on_device, pick_device
+from medfed.privacy.central import central_clipping_mod
+from medfed.tasks import get_task
+
+
+def experiment_config(context: Context) -> ExperimentConfig:
+    if RUN_EXPERIMENT not in context.run_config:
+        raise MedFedError("run config has no 'experiment' entry; launch runs with `medfed run` "
+                          "or `medfed simulate`")
+    return _parsed(str(context.run_config[RUN_EXPERIMENT]))
+
+
+@lru_cache(maxsize=8)
+def _parsed(experiment_json: str) -> ExperimentConfig:
+    return config_from_json(experiment_json)
+
+
+def load_site(context: Context) -> tuple[Site, DataInfo]:
+    """This node's site: ``partition-id`` in simulation, ``data-path`` in a real federation."""
+    experiment_json = str(context.run_config[RUN_EXPERIMENT])
+    if NODE_PARTITION_ID in context.node_config:
+        sites, info = simulated_federation(experiment_json)
+        return sites[int(context.node_config[NODE_PARTITION_ID])], info
+    if NODE_DATA_PATH in context.node_config:
+        return hospital_site(experiment_json, str(context.node_config[NODE_DATA_PATH]))
+    raise MedFedError("node config has neither 'partition-id' (simulation) nor 'data-path' "
+                      "(a hospital's site folder)")
+
+
+@lru_cache(maxsize=8)
+def _template(experiment_json: str, info: DataInfo) -> torch.nn.Module:
+    """The architecture, built once per process (its weights are overwritten every message)."""
+    return for_experiment(_parsed(experiment_json), info)
+
+
+_node_models: dict[tuple, torch.nn.Module] = {}  # a cache of model instances, not a channel
+CPU = torch.device("cpu")
+
+
+def _model(context: Context, info: DataInfo, arrays: ArrayRecord) -> torch.nn.Module:
+    """The global model of this message. Without DP-SGD each node reuses one instance (every
+    weight and buffer is overwritten by ``load_state_dict``); Opacus wraps and hooks its model,
+    so DP-SGD gets a fresh copy each time."""
+    experiment_json = str(context.run_config[RUN_EXPERIMENT])
+    template = _template(experiment_json, info)
+    if experiment_config(context).privacy.mode == "dp-sgd":
+        model = copy.deepcopy(template)
+    else:
+        key = (context.node_id, experiment_json, info)
+        if key not in _node_models:
+            if len(_node_models) > 64:
+                _node_models.clear()  # a long-lived process serving many runs
+            _node_models[key] = copy.deepcopy(template)
+        model = _node_models[key]
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return model
+
+
+def _scaled(x: np.ndarray, info: DataInfo, config: ConfigRecord) -> np.ndarray:
+    """Apply the federation's feature scaling (sent by the server) to this site's rows."""
+    scaling = messages.read_scaling(config) if info.standardize else None
+    return x if scaling is None else standardize(x, *scaling)
+
+
+def _reply(msg: Message, records: dict) -> Message:
+    return Message(RecordDict(records), reply_to=msg)
+
+
+def site_summary(msg: Message, context: Context) -> Message:
+    """Sizes, label space and per-feature sums: what the server needs to build and scale."""
+    site, info = load_site(context)
+    config = ConfigRecord({messages.TASK: info.task, messages.INPUT_SHAPE: list(info.input_shape),
+                           messages.N_CLASSES: info.n_classes,
+                           messages.STANDARDIZE: info.standardize})
+    metrics = MetricRecord({messages.NUM_EXAMPLES: site.n_train, messages.N_TEST: site.n_test})
+    if info.standardize:  # tabular only: images are normalised by their transforms
+        _, sums, squares = site_moments(site.x_train.reshape(site.n_train, -1))
+        metrics[messages.FEATURE_SUM] = sums.tolist()
+        metrics[messages.FEATURE_SUMSQ] = squares.tolist()
+    return _reply(msg, {messages.SUMMARY: config, messages.METRICS: metrics})
+
+
+def train(msg: Message, context: Context) -> Message:
+    cfg = experiment_config(context)
+    site, info = load_site(context)
+    config = msg.content[messages.CONFIG]
+    model = _model(context, info, msg.content[messages.ARRAYS])
+    server_round = int(config.get(messages.SERVER_ROUND, 1))
+    seed = cfg.seed * 100_003 + server_round * 1_009 + int(context.node_id % 100_000)
+    if cfg.privacy.mode == "dp-sgd":
+        from medfed.privacy.site import BudgetExhausted, train_round
+
+        simulated = NODE_PARTITION_ID in context.node_config  # real sites: unseeded noise
+        try:
+            stats = train_round(model, _scaled(site.x_train, info, config), site.y_train,
+                                get_task(info.task), cfg, site=site.name, context=context,
+                                server_round=server_round, seed=seed if simulated else None,
+                                device=pick_device(cfg.train.device))
+        except BudgetExhausted as exc:  # the server logs it; the run goes on with the others
+            return Message(error=Error(messages.BUDGET_EXHAUSTED, str(exc)), reply_to=msg)
+        metrics = MetricRecord({**stats, messages.NUM_EXAMPLES: site.n_train})
+        arrays = ArrayRecord(site_state_dict(on_device(model, CPU), site.x_train))
+        return _reply(msg, {messages.ARRAYS: arrays, messages.METRICS: metrics})
+    stats = train_local(model, _scaled(site.x_train, info, config), site.y_train,
+                        get_task(info.task), cfg.train, epochs=cfg.train.local_epochs, seed=seed,
+                        proximal_mu=float(config.get(messages.PROXIMAL_MU, 0.0)),
+                        device=pick_device(cfg.train.device))
+    metrics = MetricRecord({**stats, messages.NUM_EXAMPLES: site.n_train})
+    arrays = ArrayRecord(site_state_dict(on_device(model, CPU), site.x_train))
+    return _reply(msg, {messages.ARRAYS: arrays, messages.METRICS: metrics})
+
+
+def evaluate_site(model, site: Site, info: DataInfo, config: ConfigRecord) -> dict[str, float]:
+    task = get_task(info.task)
+    scores = predict(model, _scaled(site.x_test, info, config), task)
+    # NaN (e.g. AUROC on a one-class test split) is kept: every site sends the same keys,
+    # and the server's weighted mean skips NaN
+    return {k: float(v) for k, v in task.metrics(site.y_test, scores).items()}
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg = experiment_config(context)
+    site, info = load_site(context)
+    model = _model(context, info, msg.content[messages.ARRAYS]).to(
+        pick_device(cfg.train.device))
+    metrics = evaluate_site(model, site, info, msg.content[messages.CONFIG])
+    metrics[messages.NUM_EXAMPLES] = site.n_test
+    return _reply(msg, {messages.METRICS: MetricRecord(metrics)})
+
+
+def build_app(mods: Sequence[Mod] = ()) -> ClientApp:
+    """The ClientApp: the handlers above behind ``mods`` (a real site adds its audit mod)."""
+    app = ClientApp(mods=list(mods))
+    app.query(messages.SITE_SUMMARY_ACTION)(site_summary)
+    app.train(mods=[central_clipping_mod])(train)  # Flower's client-side clipping when asked
+    app.evaluate()(evaluate)
+    return app
+
+
+app = build_app()  # simulation: the in-process and Ray engines

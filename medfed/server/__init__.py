@@ -1,1 +1,0 @@
-"""Coordinator side: the Flower ServerApp, the round loop, checkpoints, tracking."""
