@@ -12,6 +12,8 @@ import json
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -218,3 +220,22 @@ def test_deployment_app_and_warm_executor_name_modules_that_exist():
                           "clientapp": "medfed.deploy.client_app:app"}
     modules = [spec.split(":")[0] for spec in components.values()] + list(PRELOAD)
     assert [name for name in modules if importlib.util.find_spec(name) is None] == []
+
+
+def test_warm_executor_reconnect_cap_still_applies_to_flower():
+    """The executor's reconnect cap patches a Flower internal: fail loudly when it stops
+    applying (a rejoined node would again wait up to Flower's 20 s before taking messages)."""
+    code = (
+        "import inspect\n"
+        "from flwr.supercore.superexec import run_superexec as superexec\n"
+        "from medfed.deploy.supernode import short_executor_retries\n"
+        "assert 'make_simple_http_retry_invoker()' in inspect.getsource(superexec.run_superexec)\n"
+        "before = superexec.make_simple_http_retry_invoker().wait_gen_factory()\n"
+        "assert max(next(before) for _ in range(8)) > 10\n"
+        "assert short_executor_retries(0.5)\n"
+        "waits = superexec.make_simple_http_retry_invoker().wait_gen_factory()\n"
+        "assert max(next(waits) for _ in range(8)) <= 0.5\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

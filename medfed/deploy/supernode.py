@@ -5,7 +5,8 @@ re-imports torch (~5 s here). In ``--isolation process`` mode the SuperNode leav
 to a separate executor; ours imports torch and the ClientApp ONCE, then forks a child per
 message that runs Flower's own ``run_clientapp`` (same token protocol, same Runtime API), so
 a message costs a fork instead of an interpreter start. The SuperNode's idle poll (3 s,
-hard-coded) is shortened to ``MEDFED_NODE_POLL`` seconds (default 0.2).
+hard-coded) is shortened to ``MEDFED_NODE_POLL`` seconds (default 0.2), and the executor's
+reconnects to a restarting SuperNode wait at most 0.5 s (Flower's backoff: up to 20 s).
 
 Entry points, both started by `medfed client start`: ``python -m medfed.deploy.supernode
 executor --runtime-api-address ADDR --parent-pid PID`` (the warm executor) and ``python -m
@@ -27,6 +28,7 @@ from types import SimpleNamespace
 DEFAULT_NODE_POLL = 0.2
 ACTIVATION_REFUSED = 75  # our exit code for Flower's 305 (exit codes are 8-bit)
 HEARTBEAT_S = 10.0  # Flower's minimum; its default is 30 s
+EXECUTOR_RETRY_MAX_S = 0.5  # the executor's reconnects to its own SuperNode; Flower's: 20 s
 
 
 def _short_sleep(limit: float):
@@ -67,6 +69,33 @@ def fast_object_pulls(initial: float = 0.05, cap: float = 0.5) -> bool:
     if "initial_backoff" not in defaults:
         return False
     defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap
+    return True
+
+
+def short_executor_retries(cap: float = EXECUTOR_RETRY_MAX_S) -> bool:
+    """Cap the warm executor's reconnect waits to its SuperNode at ``cap`` s.
+
+    The executor talks to its own SuperNode's Runtime API on this machine. After a crash the
+    SuperNode is restarted several times while the SuperLink still holds the old session
+    (activation refused); Flower's exponential backoff (up to 20 s, jittered) then left a
+    rejoined node deaf to its messages for up to 20 s, longer than a round timeout. False if
+    Flower's layout changed.
+    """
+    try:
+        from flwr.supercore.retry.retry_invoker import exponential
+        from flwr.supercore.superexec import run_superexec as superexec
+    except ImportError:
+        return False
+    flower_invoker = getattr(superexec, "make_simple_http_retry_invoker", None)
+    if flower_invoker is None:
+        return False
+
+    def local_invoker():
+        invoker = flower_invoker()
+        invoker.wait_gen_factory = lambda: exponential(base_delay=0.1, max_delay=cap)
+        return invoker
+
+    superexec.make_simple_http_retry_invoker = local_invoker
     return True
 
 
@@ -178,6 +207,7 @@ def run_warm_executor(runtime_api_address: str, parent_pid: int | None) -> None:
 
     _preload()
     fast_object_pulls()
+    short_executor_retries()
 
     class ForkExecutor(SubprocessExecutor):
         def launch(self, spec):
