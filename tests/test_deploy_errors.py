@@ -206,6 +206,8 @@ def test_unreachable_registry_is_not_a_missing_model(tmp_path, monkeypatch):
     line = one_line_error(done, f"cannot reach the model registry at {uri}", "MLFLOW_TRACKING_URI")
     assert "not in the registry" not in line
     assert not (tmp_path / "out").exists()
+    one_line_error(run_cli(["model", "list"], tmp_path),
+                   f"cannot reach the model registry at {uri}", "MLFLOW_TRACKING_URI")
 
 
 def test_deployment_app_and_warm_executor_name_modules_that_exist():

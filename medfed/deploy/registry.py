@@ -10,10 +10,12 @@ land in the output folder: a mismatch leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,9 +195,11 @@ def register_run(run_dir: Path, cfg: ExperimentConfig, state: Path, client: Mlfl
 
 def list_models() -> list[dict[str, Any]]:
     client = _client()
+    with asking_registry():
+        models = list(client.search_registered_models())
     rows = []
-    for model in client.search_registered_models():
-        for version in client.search_model_versions(f"name='{model.name}'"):
+    for model in models:
+        for version in _model_versions(client, model.name):
             rows.append({"name": model.name, "version": str(version.version),
                          "kind": version.tags.get("kind", ""),
                          "run_id": version.tags.get("medfed.run_id", ""),
@@ -219,13 +223,23 @@ def resolve_version(client: MlflowClient, name: str, version: str) -> ModelVersi
 
 
 def _model_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
-    """The versions of ``name``: [] when the registry has no such model; a one-line error
-    when the registry cannot be asked (network, authentication, server failure)."""
+    """The versions of ``name``: [] when the registry has no such model."""
     try:
-        return list(client.search_model_versions(f"name='{name}'"))
+        with asking_registry():
+            return list(client.search_model_versions(f"name='{name}'"))
+    except LookupError:
+        return []
+
+
+@contextlib.contextmanager
+def asking_registry() -> Iterator[None]:
+    """MLflow calls inside: "no such model" becomes LookupError, any other failure (network,
+    authentication, server) one line naming the registry and the fix."""
+    try:
+        yield
     except Exception as exc:  # noqa: BLE001 - MLflow raises MlflowException/RestException
         if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
-            return []
+            raise LookupError(str(exc)) from None
         raise MedFedError(f"cannot reach the model registry at {tracking_uri()} "
                           f"({registry_failure(exc)}): check MLFLOW_TRACKING_URI, that the "
                           "MLflow server runs and answers there, and its credentials "

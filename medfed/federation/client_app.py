@@ -75,7 +75,7 @@ def _model(context: Context, info: DataInfo, arrays: ArrayRecord) -> torch.nn.Mo
     so DP-SGD gets a fresh copy each time."""
     experiment_json = str(context.run_config[RUN_EXPERIMENT])
     template = _template(experiment_json, info)
-    if experiment_config(context).privacy.mode == "dp-sgd":
+    if _parsed(experiment_json).privacy.mode == "dp-sgd":
         model = copy.deepcopy(template)
     else:
         key = (context.node_id, experiment_json, info)

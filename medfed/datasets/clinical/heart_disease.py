@@ -96,7 +96,8 @@ def load(centres: list[str] | None = None) -> TableDataset:
 
 def read_site_table(path: Path) -> pd.DataFrame:
     """A hospital's export: the UCI format, or a CSV with a header naming the 14 columns."""
-    first = path.read_text(errors="replace").split("\n", 1)[0].lower()
+    with path.open(errors="replace") as handle:
+        first = handle.readline().lower()
     if "age" not in first:
         return read_centre(path)
     try:  # a header row: read by name, in the UCI order
