@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from medfed.errors import MedFedError
 
@@ -82,6 +83,7 @@ class PrivacyConfig(_Section):
     accountant: Literal["rdp", "prv"] = "rdp"
     noise_multiplier: float | None = Field(None, gt=0)  # fixed; default: planned from epsilon
     grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"  # auto: ghost, else hooks
+    secure_mode: bool = False  # dp-sgd noise from a CSPRNG (Opacus; needs torchcsprng)
     ledger_dir: str | None = None  # per-site ledgers; simulate: <out>/privacy
     clipping: Literal["server", "client"] = "server"  # central: where updates are clipped
     clipping_norm: float = Field(1.0, gt=0)  # central: L2 bound on each site's update
@@ -90,6 +92,29 @@ class PrivacyConfig(_Section):
 class BaselinesConfig(_Section):
     centralized: bool = True
     local_only: bool = True
+
+
+class StatsPrivacyConfig(_Section):
+    """Gaussian noise on every statistic `medfed stats` releases: one spend of (epsilon, delta)
+    per query in each site's privacy ledger. ``bounds``: a clipping range per numeric variable
+    (only those variables are summarised; their histogram bins span the range)."""
+
+    epsilon: float = Field(gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+
+class StatsConfig(_Section):
+    """`medfed stats`: the federated statistics query and each site's release rules."""
+
+    min_count: int = Field(10, ge=1)  # a site sends any count below it as "<min_count"
+    bins: int = Field(10, ge=2, le=200)  # histogram bins per numeric variable
+    edges: dict[str, list[float]] = Field(default_factory=dict)  # fixed bins per variable
+    variables: list[str] | None = None  # default: every variable the sites hold
+    max_levels: int = Field(12, ge=2, le=100)  # more distinct values: numeric, or not shared
+    km_intervals: int = Field(12, ge=2, le=100)  # Kaplan-Meier follow-up intervals
+    flag_distance: float = Field(0.3, gt=0, le=1)  # KS distance on histograms that flags a site
+    privacy: StatsPrivacyConfig | None = None
 
 
 class ExperimentConfig(_Section):
@@ -103,6 +128,7 @@ class ExperimentConfig(_Section):
     seed: int = 42
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
     engine: Literal["inprocess", "ray"] = "inprocess"
     evaluate_every: int = Field(1, ge=1)
 
@@ -124,7 +150,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """``"strategy.name=fedadam"`` -> (["strategy", "name"], "fedadam"); values are YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise MedFedError(f"--set {text!r}: expected KEY=VALUE, e.g. --set strategy.name=fedadam")
+        raise MedFedError("override is not KEY=VALUE", where=f"--set {text!r}",
+                          fix="write it as KEY=VALUE, e.g. --set strategy.name=fedadam")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -139,38 +166,50 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise MedFedError(f"--set {text!r}: {key!r} is not a section")
+                raise MedFedError(f"{key!r} is a value, not a section", where=f"--set {text!r}",
+                                  fix=f"set {key} itself, e.g. --set {key}=VALUE")
             node = child
         node[keys[-1]] = value
     return raw
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file as a mapping; a missing, non-UTF-8 or malformed file is one clear line."""
     path = Path(path)
     if not path.is_file():
-        raise MedFedError(f"{path}: config file not found (see configs/ for ready ones)")
+        raise MedFedError("config file not found" if not path.exists() else
+                          "config path is a folder, not a file", where=str(path),
+                          fix="give a YAML file (see configs/ for ready ones)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MedFedError(f"config file is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                          f"at offset {exc.start})", where=str(path),
+                          fix="save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise MedFedError(f"{path}:{where}: not valid YAML ({exc.__class__.__name__}); "
-                          "fix the syntax") from None
+        where = f"{path} line {mark.line + 1}" if mark else str(path)
+        raise MedFedError(f"not valid YAML ({getattr(exc, 'problem', None) or 'syntax'})",
+                          where=where, fix="fix the syntax (indentation, colons, quotes)"
+                          ) from None
     if not isinstance(raw, dict):
-        raise MedFedError(f"{path}: expected a mapping of sections (dataset, partition, ...)")
+        raise MedFedError(f"expected a mapping of sections, got a {type(raw).__name__}",
+                          where=str(path), fix="write `key: value` lines (dataset:, "
+                          "partition:, model:, ...) as in configs/")
     return raw
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """The experiment config, or one line naming the first bad key, its file and the fix."""
     try:
-        return ExperimentConfig.model_validate(raw)
+        cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        more = f"; {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
-        raise MedFedError(f"{source}: {loc}: {err['msg']}{shown}{more}") from None
+        errors = exc.errors()
+        raise _config_error(errors[0], source, len(errors) - 1) from None
+    check_options(cfg, source)
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -179,5 +218,181 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return validate(raw, str(path))
 
 
-def config_from_json(text: str) -> ExperimentConfig:
-    return ExperimentConfig.model_validate(json.loads(text))
+def config_from_json(text: str, source: str = "experiment JSON") -> ExperimentConfig:
+    """A config MedFed wrote itself (run state, messages); damage is one clear line."""
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        raise MedFedError("stored config is not JSON", where=source,
+                          fix="restore the file from a backup or start a new run") from None
+    if not isinstance(raw, dict):
+        raise MedFedError("stored config is not a JSON object", where=source,
+                          fix="restore the file from a backup or start a new run")
+    return validate(raw, source)
+
+
+# --- one line per config problem --------------------------------------------------------------
+
+_FIXES = {
+    "int_parsing": "give a whole number", "int_type": "give a whole number",
+    "int_from_float": "give a whole number", "float_parsing": "give a number",
+    "float_type": "give a number", "bool_parsing": "give true or false",
+    "bool_type": "give true or false", "string_type": "give text (quote it in YAML)",
+    "list_type": "give a list, e.g. [32, 16]", "tuple_type": "give a list, e.g. [0, 1]",
+    "dict_type": "give a mapping (indented `key: value` lines)",
+    "model_type": "give a mapping (indented `key: value` lines)",
+    "model_attributes_type": "give a mapping (indented `key: value` lines)",
+    "finite_number": "give a finite number", "missing": "add this key",
+}
+
+
+def _loc(parts: tuple | list) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _fix(err: dict[str, Any]) -> str:
+    ctx, kind = err.get("ctx") or {}, err["type"]
+    bounds = {"greater_than": f"give a value above {ctx.get('gt')}",
+              "greater_than_equal": f"give a value of at least {ctx.get('ge')}",
+              "less_than": f"give a value below {ctx.get('lt')}",
+              "less_than_equal": f"give a value of at most {ctx.get('le')}",
+              "literal_error": f"choose one of {ctx.get('expected')}",
+              "too_short": f"give at least {ctx.get('min_length')} item(s)",
+              "too_long": f"give at most {ctx.get('max_length')} item(s)"}
+    return bounds.get(kind) or _FIXES.get(kind, "fix the value (see configs/ for examples)")
+
+
+def closest(name: str, allowed: list[str]) -> str:
+    """`` did you mean 'x'?`` for the nearest allowed name (difflib), or ``""``."""
+    match = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.6)
+    return f"did you mean {match[0]!r}? " if match else ""
+
+
+def unknown_key(key: str, allowed: list[str], where: str) -> MedFedError:
+    """``unknown key 'roundz' (WHERE): did you mean 'rounds'? allowed: ...``"""
+    return MedFedError(f"unknown key {key!r}", where=where,
+                       fix=f"{closest(key, allowed)}allowed here: {', '.join(allowed)}")
+
+
+def _section_keys(loc: tuple) -> list[str]:
+    model: Any = ExperimentConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if annotation is None:
+            return []
+        model = next((a for a in (annotation, *getattr(annotation, "__args__", ()))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _config_error(err: dict[str, Any], source: str, more: int) -> MedFedError:
+    loc = tuple(err["loc"])
+    where = f"{source}: {_loc(loc)}"
+    tail = f" ({more} more problem(s) after this one)" if more else ""
+    if err["type"] == "extra_forbidden":
+        error = unknown_key(str(loc[-1]), _section_keys(loc), where)
+        return MedFedError(f"{error}{tail}")
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) or err["type"] == "missing" else f", got {value!r}"
+    message = err["msg"][:1].lower() + err["msg"][1:]
+    return MedFedError(f"{message}{shown}", where=where, fix=_fix(err) + tail)
+
+
+# --- typed options of models, strategies and datasets (free-form sections) -------------------
+
+_POS_INT = Annotated[int, Field(gt=0, strict=False)]
+_SIZES = Annotated[list[_POS_INT], Field(min_length=1)]
+_FRACTION = Annotated[float, Field(ge=0, lt=1)]
+_POS_FLOAT = Annotated[float, Field(gt=0)]
+_NONNEG_FLOAT = Annotated[float, Field(ge=0)]
+_NONNEG_INT = Annotated[int, Field(ge=0)]
+
+# each model's options (the builder's keyword arguments); tests check them against the builders
+MODEL_OPTIONS: dict[str, dict[str, Any]] = {
+    "logreg": {}, "cox": {},
+    "mlp": {"hidden": list[_POS_INT], "dropout": _FRACTION},
+    "cox_mlp": {"hidden": list[_POS_INT], "dropout": _FRACTION},
+    "gru": {"hidden": _POS_INT, "layers": _POS_INT, "dropout": _FRACTION},
+    "small_cnn": {"channels": _SIZES, "dropout": _FRACTION,
+                  "norm": Literal["batch", "group"], "dp": bool},
+    "densenet121": {"dropout": _FRACTION, "dp": bool},
+    "resnet18": {"dp": bool}, "resnet50": {"dp": bool},
+    "unet": {"channels": _SIZES, "strides": _SIZES, "num_res_units": _NONNEG_INT,
+             "dropout": _FRACTION, "roi_size": _SIZES | None, "dp": bool},
+    "multimodal": {"image_shape": _SIZES, "modalities": list[str], "image_encoder": str,
+                   "encoder_options": dict[str, Any] | None, "embed": _POS_INT,
+                   "clinical_hidden": list[_POS_INT], "fusion_hidden": _POS_INT,
+                   "dropout": _FRACTION, "modality_dropout": _FRACTION},
+}
+_ADAPTIVE = {"eta": _POS_FLOAT, "eta_l": _POS_FLOAT, "beta_1": _FRACTION, "beta_2": _FRACTION,
+             "tau": _POS_FLOAT}
+# each Flower strategy's own options; tests check them against the classes' signatures
+STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {
+    "fedavg": {}, "fedmedian": {}, "fedavg-partial": {},
+    "fedprox": {"proximal_mu": _NONNEG_FLOAT},
+    "fedadam": _ADAPTIVE, "fedyogi": _ADAPTIVE,
+    "fedadagrad": {k: _ADAPTIVE[k] for k in ("eta", "eta_l", "tau")},
+    "fedavgm": {"server_learning_rate": _POS_FLOAT, "server_momentum": _FRACTION},
+    "fedtrimmedavg": {"beta": Annotated[float, Field(ge=0, lt=0.5)]},
+    "krum": {"num_malicious_nodes": _NONNEG_INT},
+}
+# dataset options that mean the same for every dataset that takes them
+DATASET_OPTIONS: dict[str, Any] = {
+    "spatial_size": Annotated[list[_POS_INT], Field(min_length=2, max_length=3)],
+    "spacing": Annotated[list[_POS_FLOAT], Field(min_length=2, max_length=3)] | None,
+    "test_fraction": Annotated[float, Field(gt=0, lt=1)],
+    "sites": _POS_INT, "size": _POS_INT, "slice_axis": Annotated[int, Field(ge=0, le=2)],
+    "volume_index": _NONNEG_INT | None, "as_slices": bool,
+    "allowed_roots": list[str],
+}
+
+
+def check_options(cfg: ExperimentConfig, source: str = "config") -> None:
+    """Type-check the free-form option sections (model, strategy, dataset.options) in place."""
+    model, strategy = cfg.model, cfg.strategy
+    if model.name in MODEL_OPTIONS:
+        _typed(model.model_extra or {}, MODEL_OPTIONS[model.name], f"{source}: model",
+               f"model {model.name!r}")
+    if strategy.name in STRATEGY_OPTIONS:
+        drop_other_strategy_options(strategy, source)
+        _typed(strategy.model_extra or {}, STRATEGY_OPTIONS[strategy.name],
+               f"{source}: strategy", f"strategy {strategy.name!r}")
+    known = {k: v for k, v in cfg.dataset.options.items() if k in DATASET_OPTIONS}
+    _typed(known, DATASET_OPTIONS, f"{source}: dataset.options", "")
+    cfg.dataset.options.update(known)
+
+
+def drop_other_strategy_options(strategy: StrategyConfig, source: str = "config") -> None:
+    """Drop (with a warning) options that belong to another strategy, e.g. fedadam's ``eta``
+    after ``--set strategy.name=fedavg`` on a fedadam config; unknown keys still fail."""
+    from medfed.errors import warn
+
+    own = STRATEGY_OPTIONS[strategy.name]
+    extra = strategy.model_extra or {}
+    foreign = [k for k in extra if k not in own
+               and any(k in options for options in STRATEGY_OPTIONS.values())]
+    for key in foreign:
+        del extra[key]
+    if foreign:
+        warn(f"strategy option(s) {foreign} belong to another strategy; dropped",
+             where=f"{source}: strategy {strategy.name!r}",
+             fix=f"{strategy.name} takes {', '.join(own) or 'no options'}")
+
+
+def _typed(options: dict[str, Any], types: dict[str, Any], where: str, owner: str) -> None:
+    for key in list(options):
+        if key not in types:
+            raise unknown_key(key, [*types] or ["(none)"], f"{where}.{key}, {owner}")
+        try:
+            options[key] = TypeAdapter(types[key]).validate_python(options[key])
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise _config_error({**err, "loc": (*where.split(": ", 1)[-1].split("."), key,
+                                                *err["loc"])},
+                                where.split(": ", 1)[0], 0) from None

@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"medfed"},  # medfed/__init__.py: the version
     {"errors"},
     {"io"},
+    {"seeds"},
     {"config"},
     {"tasks"},
     {"datasets"},
@@ -25,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"privacy", "strategies"},
     {"federation"},
     {"reports"},
+    {"inference"},
     {"simulation", "deploy"},
     {"cli"},
 ]

@@ -70,7 +70,8 @@ def test_split_by_patient_when_manifest_has_none(cls_sites, tmp_path):
     site.mkdir()
     frame.to_csv(site / "manifest.csv", index=False)
     data = load_dataset("site-folders", {"roots": [str(site)], "spatial_size": [16, 16],
-                                         "cache_dir": str(tmp_path / "c")})
+                                         "cache_dir": str(tmp_path / "c"),
+                                         "allowed_roots": [str(cls_sites[0])]})
     by_patient = pd.DataFrame({"p": frame["patient_id"], "s": data.split}).groupby("p")["s"]
     assert by_patient.nunique().max() == 1  # no patient in both splits
     assert set(data.split) == {"train", "test"}
@@ -120,7 +121,8 @@ def test_pyradiomics_volumes_as_slices_one_site_each(shared_data, tmp_path):
         roots.append(str(site))
     data = load_dataset("site-folders", {"roots": roots, "task": "segmentation",
                                          "spatial_size": [32, 32], "as_slices": True,
-                                         "cache_dir": str(tmp_path / "c")})
+                                         "cache_dir": str(tmp_path / "c"),
+                                         "allowed_roots": [str(folder)]})
     assert data.x.shape[1:] == (1, 32, 32) and len(data.x) == 25 + 23 + 21
     sites = build_sites(data, "natural", 3)
     assert all(s.n_train > 0 and s.n_test > 0 for s in sites)
@@ -136,6 +138,7 @@ def test_multiclass_labels_in_given_order(cls_sites, tmp_path):
     frame.to_csv(site / "manifest.csv", index=False)
     data = load_dataset("site-folders", {"roots": [str(site)], "spatial_size": [16, 16],
                                          "labels": ["T3", "T2", "T1"],
-                                         "cache_dir": str(tmp_path / "c")})
+                                         "cache_dir": str(tmp_path / "c"),
+                                         "allowed_roots": [str(cls_sites[0])]})
     assert data.task == "multiclass" and data.class_names == ["T3", "T2", "T1"]
     assert data.y.tolist() == [{"T3": 0, "T2": 1, "T1": 2}[v] for v in frame["label"]]

@@ -57,7 +57,7 @@ def test_join_patients_with_image_and_no_clinical_row_and_vice_versa(tmp_path, d
                              "split": ["", "train", "test"]})
     clinical.to_csv(site / "clinical.csv", index=False)
     data = load(roots=[str(site)], clinical=CLINICAL, spatial_size=[16, 16],
-                cache_dir=str(tmp_path / "cache"))
+                cache_dir=str(tmp_path / "cache"), allowed_roots=[str(source)])
     assert len(data.y) == 6  # 4 imaged patients + 2 with only a clinical row
     has_image, has_clinical = data.x[:, -2], data.x[:, -1]
     assert has_image.tolist() == [1, 1, 1, 1, 0, 0]

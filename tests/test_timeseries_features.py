@@ -12,6 +12,7 @@ import pytest
 from medfed.datasets.timeseries.sepsis_features import (
     COLUMNS,
     LABEL,
+    clinical_features,
     hourly_features,
     sequence_features,
 )
@@ -39,11 +40,16 @@ def test_planted_value_never_seen_before_its_hour(planted_hour, column):
     planted = raw.copy()
     planted.loc[planted_hour, column] = 500.0  # stay 0, hour t
     before, after = (hourly_features(r, stays, (3, 6, 12)).to_numpy() for r in (raw, planted))
+    rich_before, rich_after = (clinical_features(r, stays, (6, 24)).to_numpy()
+                               for r in (raw, planted))
     seq_before, seq_after = (sequence_features(r, stays, hours=6) for r in (raw, planted))
     rows_before_t = np.arange(planted_hour)
     np.testing.assert_array_equal(before[rows_before_t], after[rows_before_t])
     np.testing.assert_array_equal(seq_before[rows_before_t], seq_after[rows_before_t])
+    np.testing.assert_array_equal(rich_before[rows_before_t], rich_after[rows_before_t])
     assert not np.array_equal(before[planted_hour], after[planted_hour])  # hour t sees it
+    assert not np.array_equal(rich_before[planted_hour], rich_after[planted_hour])
+    np.testing.assert_array_equal(rich_before[stays == 1], rich_after[stays == 1])
     other_stay = stays == 1  # and no other stay ever does
     np.testing.assert_array_equal(before[other_stay], after[other_stay])
 
@@ -59,6 +65,38 @@ def test_forward_fill_within_stay_and_indicators():
     assert features.loc[3, "WBC_missing"] == 0 and features.loc[4, "WBC_missing"] == 1
     # trend over 3 h at hour 6 compares with hour 3's filled value
     assert features.loc[6, "WBC_trend3h"] == 0.0
+
+
+def test_clinical_features_hand_stay():
+    raw, stays = _stays((6,))
+    raw["HR"] = [100.0, np.nan, 80, 80, 80, 80]
+    raw["Resp"], raw["SBP"], raw["Temp"] = 24.0, [90.0, 90, 90, 120, 120, 120], 37.0
+    raw["Platelets"] = [np.nan, 200.0, np.nan, np.nan, 90.0, np.nan]
+    raw["Lactate"] = np.nan
+    f = clinical_features(raw, stays, (6,))
+    # hour 1: HR carried from hour 0 (> 90), Resp > 20: SIRS 2; Resp >= 22, SBP <= 100: qSOFA 2
+    assert f.loc[1, "sirs"] == 2 and f.loc[1, "qsofa"] == 2 and f.loc[3, "qsofa"] == 1
+    assert f.loc[1, "shock_index"] == pytest.approx(100 / 90)
+    assert f.loc[1, "HR_since"] == pytest.approx(np.log1p(1))  # measured 1 h ago
+    assert f.loc[3, "Platelets_since"] == pytest.approx(np.log1p(2))
+    assert f.loc[0, "Platelets_since"] == pytest.approx(np.log1p(72))  # never: the cap
+    # platelets 200 -> 90: partial SOFA 0 -> 2 points, a rise of 2 within 24 h
+    assert f.loc[3, "sofa_partial"] == 0 and f.loc[4, "sofa_partial"] == 2
+    assert f.loc[5, "sofa_rise24h"] == 2
+    assert f.loc[4, "Platelets"] == pytest.approx(np.log1p(90))  # skewed labs: log scale
+    assert f.loc[5, "labs_24h"] == pytest.approx(np.log1p(2))  # two platelet counts so far
+    assert f["log_iculos"].tolist() == pytest.approx(np.log1p(np.arange(1, 7)).tolist())
+    assert f["icu_0_6h"].tolist() == [1, 1, 1, 1, 1, 0] and f.loc[5, "icu_6_12h"] == 1
+    assert f.filter(like="icu_").sum(axis=1).eq(1).all()  # one band per hour
+
+
+def test_bad_feature_options_one_line(tmp_path):
+    from medfed.datasets.timeseries.sepsis import load
+
+    with pytest.raises(MedFedError, match="features: 'fancy'"):
+        load(str(tmp_path), features="fancy")
+    with pytest.raises(MedFedError, match="class_weight: 'heavy'"):
+        load(str(tmp_path), class_weight="heavy")
 
 
 def test_sequence_padding_marks_hours_before_the_stay():

@@ -31,8 +31,11 @@ def test_sepsis_simulation_report(tmp_path, model, representation):
     alarms = report["task_report"]["alarms"]
     assert [r["threshold"] for r in alarms["rows"]] == [0.5, 0.9]
     assert alarms["stays"] == sum(s["label_counts"]["test"]["stays"] for s in report["sites"])
-    assert "auprc" in report["metrics"]["federated"]["pooled"]
+    pooled = report["metrics"]["federated"]["pooled"]
+    assert "auprc" in pooled and -5 <= pooled["utility"] <= 1  # challenge score, 1 = best
+    assert all(r["utility"] is None or r["utility"] <= 1 for r in alarms["rows"])
     write_report(report, tmp_path / "out")
-    assert "Alarm policy" in (tmp_path / "out" / "report.md").read_text()
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "Alarm policy" in markdown and "| threshold | utility |" in markdown
     assert (tmp_path / "out" / "precision_recall.png").stat().st_size > 1000
     json.loads((tmp_path / "out" / "report.json").read_text())

@@ -29,15 +29,19 @@ def _progress(console: Console, label: str):
                     console=console, transient=True)
 
 
-def _write_demo(unit: str, write, next_hint) -> list[Path]:
-    """Run ``write(progress)`` under a progress bar over ``unit``s; list what it wrote.
+def _write_demo(unit: str, out: Path, write, next_hint) -> list[Path]:
+    """Run ``write(folder, progress)`` under a progress bar over ``unit``s; list what it wrote.
 
-    ``progress(done, total)`` is the callback handed to the writer; ``next_hint(folders)``
-    is the command to run next."""
-    with _progress(out_console, f"writing {unit}") as progress:
+    The writer fills a temporary folder next to ``out``, moved into ``out`` only when it
+    finished: a refused or interrupted run leaves nothing. ``progress(done, total)`` is the
+    callback handed to the writer; ``next_hint(folders)`` is the command to run next."""
+    from medfed.io import staged_dir
+
+    with staged_dir(out, "OUT") as stage, _progress(out_console, f"writing {unit}") as progress:
         bar = progress.add_task(unit, total=None)
-        folders = write(lambda done, total=None: progress.update(bar, completed=done,
-                                                                 total=total))
+        staged = write(stage, lambda done, total=None: progress.update(bar, completed=done,
+                                                                       total=total))
+    folders = [Path(out) / Path(folder).relative_to(stage) for folder in staged]
     for folder in folders:
         out_console.print(f"wrote {folder}", highlight=False)
     out_console.print(f"[dim]next: {next_hint(folders)}[/dim]", highlight=False)
@@ -59,8 +63,12 @@ def _summary_table(title: str, summary: dict) -> Table:
 
 @data_app.command("check")
 def data_check(
-    site_dir: Path = typer.Argument(..., help="The site folder: manifest.csv + images "
-                                    "(imaging), or a folder with one CSV export (clinical)."),
+    site_dir: Path = typer.Argument(..., help="The site folder (or its one table file): "
+                                    "manifest.csv + images (imaging), .psv ICU stays (sepsis), "
+                                    "a UCI processed.*.data file (heart-disease) or one CSV "
+                                    "export (csv)."),
+    fmt: str = typer.Option("auto", "--format", help="auto (from the folder), site-folders, "
+                            "multimodal-sites, heart-disease, csv or sepsis."),
     labels: str | None = typer.Option(None, help="Allowed labels, comma-separated (default: "
                                       "labels.txt in the folder, if any), e.g. --labels 0,1."),
     label_column: str = typer.Option("label", help="The label column."),
@@ -70,36 +78,43 @@ def data_check(
                                         ":cat, e.g. --clinical age,crp,sex:cat. Checks the "
                                         "join of images and clinical rows per patient_id."),
 ) -> None:
-    """List every problem of a site folder in one pass; exit 2 if any.
+    """List every problem of a site folder (or its one table file) in one pass; exit 2 if any.
 
-    Reads every row as training would; one line per problem with its row number and fix
-    (missing/unreadable/truncated files, mixed series, mask unlike its image, labels outside
-    the allowed set, a patient in both splits). A clean folder prints a summary (rows,
-    patients, labels, modalities, shapes)."""
-    from medfed.datasets.imaging.check import check_site
+    Every format a hospital folder can hold, told apart by its files (or --format):
+    manifest.csv (imaging; with --clinical, multimodal), .psv ICU stays (sepsis), a UCI
+    processed.<centre>.data file or a CSV naming its 14 columns (heart-disease), any other
+    CSV (csv). Reads every row as training would; one line per problem with its row (or file)
+    and fix. What training works around (rows with a missing value left out, a random split,
+    one class in training) prints as a warning. A clean site prints a summary.
+
+    Examples: `medfed data check /data/site`, `medfed data check processed.va.data`,
+    `medfed data check icu/ --json`."""
+    from medfed.datasets.site_check import check_any_site
 
     allowed = [v.strip() for v in labels.split(",") if v.strip()] if labels else None
-    if clinical is not None:  # images + clinical rows joined per patient
-        from medfed.datasets.multimodal.check import check_multimodal_site as check_site
     with _progress(err_console, "checking rows") as progress:
         bar = progress.add_task("rows", total=None)
-        result = check_site(site_dir, allowed, label_column,
-                            progress=lambda done, total: progress.update(bar, completed=done,
-                                                                         total=total),
-                            **({"clinical": clinical} if clinical is not None else {}))
+        result = check_any_site(site_dir, fmt, labels=allowed, label_column=label_column,
+                                clinical=clinical,
+                                progress=lambda done, total: progress.update(
+                                    bar, completed=done, total=total))
     if as_json:
         sys.stdout.write(json.dumps({"site": str(site_dir), "kind": result.kind,
                                      "ok": result.ok, "problems": result.lines(),
+                                     "warnings": result.warnings(),
                                      "summary": result.summary}, default=str) + "\n")
     else:
         for line in result.lines():
             out_console.print(line, highlight=False, soft_wrap=True, markup=False)
+        for line in result.warnings():  # usable, with care: e.g. a tilted series, resampled
+            err_console.print(line, style="yellow", highlight=False, soft_wrap=True,
+                              markup=False)
         if result.ok:
             out_console.print(_summary_table(f"{site_dir}: OK ({result.kind} site)",
                                              result.summary))
     if not result.ok:  # main() prints this one line and exits 2
-        raise MedFedError(f"{site_dir}: {len(result.problems)} problem(s) listed above; fix "
-                          "them and run `medfed data check` again")
+        raise MedFedError(f"{len(result.problems)} problem(s) listed above", where=str(site_dir),
+                          fix="fix them and run `medfed data check` again")
 
 
 @data_app.command("inspect")
@@ -107,7 +122,8 @@ def data_inspect(
     site_dir: Path = typer.Argument(..., help="The site folder (manifest.csv + images)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Montage PNG (default: "
                                     "./<folder name>-montage.png)."),
-    samples: int = typer.Option(8, help="How many samples the montage shows (every label)."),
+    samples: int = typer.Option(8, min=1, help="How many samples the montage shows (every "
+                                "label)."),
     label_column: str = typer.Option("label", help="The label column."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -116,9 +132,14 @@ def data_inspect(
     Counts per label, image size and spacing histograms, modalities; masks outlined in red in
     the montage. Nothing leaves the machine."""
     from medfed.datasets.imaging.inspect_site import inspect_site
+    from medfed.io import check_output_file
 
-    png = out or Path(f"{Path(site_dir).resolve().name}-montage.png")
+    png = check_output_file(out or Path(f"{Path(site_dir).resolve().name}-montage.png"))
     summary, result = inspect_site(site_dir, png, samples, label_column)
+    if result.kind == "imaging" and not result.samples:  # nothing readable: no montage either
+        first = result.problems[0].line() if result.problems else "the manifest lists no rows"
+        raise MedFedError(f"no readable image in the site folder; {first}", where=str(site_dir),
+                          fix=f"fix the rows `medfed data check {site_dir}` lists")
     if as_json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return
@@ -131,15 +152,15 @@ def data_inspect(
 @demo_app.command("imaging")
 def demo_imaging(
     out: Path = typer.Argument(..., help="Folder to write site-1, site-2, ... into."),
-    sites: int = typer.Option(3, help="How many hospitals (site folders)."),
+    sites: int = typer.Option(3, min=1, help="How many hospitals (site folders)."),
     task: str = typer.Option("classification", help="classification (label 1 = a lesion) or "
                              "segmentation (lesion masks)."),
     fmt: str = typer.Option("dicom", "--format", help="dicom (CT series; masks as DICOM-SEG) "
                             "or nifti."),
-    dims: int = typer.Option(3, help="3 (volumes) or 2 (single slices)."),
-    patients: int | None = typer.Option(None, help="Patients per site (default 40 for "
+    dims: int = typer.Option(3, min=2, max=3, help="3 (volumes) or 2 (single slices)."),
+    patients: int | None = typer.Option(None, min=1, help="Patients per site (default 40 for "
                                         "classification, 16 for segmentation)."),
-    size: int | None = typer.Option(None, help="In-plane size in pixels (default 32 for 3D, "
+    size: int | None = typer.Option(None, min=8, help="In-plane size in pixels (default 32 for 3D, "
                                     "64 for 2D; 3D volumes have size/2 slices)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
@@ -150,9 +171,38 @@ def demo_imaging(
     names/IDs are fake but planted in headers and paths, for PHI tests."""
     from medfed.datasets.imaging.demo import write_demo_sites
 
-    _write_demo("patients", lambda progress: write_demo_sites(
-        out, sites, task, fmt, dims, patients, size, seed, progress=progress),
+    for option, value, choices in (("--task", task, ("classification", "segmentation")),
+                                   ("--format", fmt, ("dicom", "nifti"))):
+        if value not in choices:  # refused before anything is written
+            raise MedFedError(f"unknown value {value!r}", where=option,
+                              fix=f"choose {' or '.join(choices)}")
+    _write_demo("patients", out, lambda folder, progress: write_demo_sites(
+        folder, sites, task, fmt, dims, patients, size, seed, progress=progress),
         lambda folders: f"medfed data check {folders[0]}")
+
+
+@demo_app.command("brats")
+def demo_brats(
+    out: Path = typer.Argument(..., help="Folder to write site-1, site-2, ... into."),
+    sites: int = typer.Option(3, min=1, help="How many hospitals (site folders)."),
+    patients: int = typer.Option(12, min=2, help="Patients per site (about 30 % to test)."),
+    size: int = typer.Option(48, min=24, help="Field of view in voxels (size x size x size/2, "
+                             "1 x 1 x 2 mm)."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Write BraTS-like MRI site folders: FLAIR, T1, T1c and T2 phantoms per patient (NIfTI)
+    and a tumour mask with BraTS labels (1 necrotic core, 2 oedema, 4 enhancing).
+
+    The manifest lists the sequences as image_flair, image_t1, image_t1c, image_t2 (channels).
+    Sites differ in intensity scale, bias and noise; the last site's T2 is stored at half the
+    in-plane resolution (`data check` names it; `spacing` resamples it). Train the regions
+    radiologists score (whole tumour, tumour core, enhancing): `medfed simulate
+    configs/brats-like.yaml`."""
+    from medfed.datasets.imaging.demo_brats import write_brats_sites
+
+    _write_demo("patients", out, lambda folder, progress: write_brats_sites(
+        folder, sites, patients, size, seed, progress=progress),
+        lambda folders: f"medfed data check {folders[-1]}")
 
 
 @demo_app.command("sepsis")
@@ -161,17 +211,18 @@ def demo_sepsis(
                                "per ICU stay, PhysioNet 2019 format)."),
     sites: int = typer.Option(2, min=1, help="How many hospitals (site folders)."),
     patients: int = typer.Option(300, min=1, help="ICU stays per site."),
-    septic_share: float = typer.Option(0.06, min=0.0, max=1.0,
+    septic_share: float = typer.Option(0.08, min=0.0, max=1.0,
                                        help="Share of stays that become septic."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Synthetic ICU stays in the PhysioNet/CinC 2019 sepsis format: hourly vitals and labs
-    (~90 % of labs missing), a few % septic stays whose vitals and lactate drift in the 12 h
-    before onset. Train on them: `medfed simulate configs/sepsis-demo.yaml`."""
+    with the real sample's character (~95 % of hourly lab cells empty, stays of 8-336 h,
+    ~1.7 % positive hours, onset >= 6 h into the stay); septic stays' vitals and lactate
+    drift in the 12 h before onset. Train on them: `medfed simulate configs/sepsis-demo.yaml`."""
     from medfed.datasets.timeseries.sepsis_demo import write_demo
 
-    _write_demo("stays", lambda progress: write_demo(
-        out, sites, patients, septic_share, seed,
+    _write_demo("stays", out, lambda folder, progress: write_demo(
+        folder, sites, patients, septic_share, seed,
         progress=lambda done: progress(done, sites * patients)),
         lambda _: f"medfed simulate configs/sepsis-demo.yaml --set dataset.options.path={out}")
 
@@ -179,12 +230,13 @@ def demo_sepsis(
 @demo_app.command("multimodal")
 def demo_multimodal(
     out: Path = typer.Argument(..., help="Folder to write site-1, site-2, ... into."),
-    sites: int = typer.Option(4, help="How many hospitals (site folders)."),
-    missing_image: float = typer.Option(0.3, help="Share of patients without a scan."),
-    clinical_only_sites: int = typer.Option(1, help="How many sites have no images at all "
+    sites: int = typer.Option(4, min=1, help="How many hospitals (site folders)."),
+    missing_image: float = typer.Option(0.3, min=0.0, max=0.99,
+                                        help="Share of patients without a scan."),
+    clinical_only_sites: int = typer.Option(1, min=0, help="How many sites have no images at all "
                                             "(the last ones)."),
-    patients: int = typer.Option(120, help="Patients per site."),
-    size: int = typer.Option(32, help="Image size in pixels (2D, size x size)."),
+    patients: int = typer.Option(120, min=1, help="Patients per site."),
+    size: int = typer.Option(32, min=8, help="Image size in pixels (2D, size x size)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Write multimodal site folders: 2D NIfTI phantom scans + clinical columns per patient.
@@ -195,7 +247,7 @@ def demo_multimodal(
     configs/multimodal-demo.yaml --set dataset.options.path=OUT`."""
     from medfed.datasets.multimodal.demo import write_multimodal_sites
 
-    _write_demo("patients", lambda progress: write_multimodal_sites(
-        out, sites, patients, missing_image, clinical_only_sites, size, seed,
+    _write_demo("patients", out, lambda folder, progress: write_multimodal_sites(
+        folder, sites, patients, missing_image, clinical_only_sites, size, seed,
         progress=progress),
         lambda folders: f"medfed data check {folders[0]} --clinical age,crp,sex:cat,smoker:cat")

@@ -57,12 +57,14 @@ def certs_init(
     server_name: list[str] = typer.Option(..., "--server-name", help="Host name or IP the "
                                           "hospitals dial (repeatable); localhost and "
                                           "127.0.0.1 are always added."),
-    days: int = typer.Option(825, help="Validity in days."),
+    days: int = typer.Option(825, min=1, max=36500, help="Validity in days (1 or more)."),
 ) -> None:
     """Create the federation's CA and the coordinator's server certificate (SANs from
     --server-name). Send ca.pem to every hospital; keep the .key files secret."""
     from medfed.deploy.certs import init_certs
+    from medfed.io import check_output_dir
 
+    check_output_dir(folder, "FOLDER")
     names = list(dict.fromkeys([*server_name, "localhost", "127.0.0.1"]))
     paths = init_certs(folder, names, days=days)
     out_console.print(f"CA {paths['ca_cert']} and server certificate {paths['server_cert']} "
@@ -76,8 +78,9 @@ def keys_create(folder: Path = typer.Argument(..., help="Folder for node.key and
     """Create this hospital's node key pair. Send node.pub to the coordinator (who runs
     `medfed nodes add`); node.key never leaves the hospital."""
     from medfed.deploy.certs import create_node_keys
+    from medfed.io import check_output_dir
 
-    paths = create_node_keys(folder)
+    paths = create_node_keys(check_output_dir(folder, "FOLDER"))
     out_console.print(f"Node key {paths['private']} (keep it here) and public key "
                       f"{paths['public']} (send it to the coordinator).", highlight=False)
 
@@ -120,8 +123,9 @@ def _check_server_certs(certs: Path | None, insecure: bool) -> None:
         err_console.print("[yellow]warning:[/yellow] --insecure: traffic is NOT encrypted and "
                           "ANY node may join; never use this with patient data")
     elif certs is None:
-        raise MedFedError("server start: give --certs (the folder from `medfed certs init`), "
-                          "or --insecure for a local trial")
+        raise MedFedError("no certificates", where="server start --certs",
+                          fix="give --certs (the folder from `medfed certs init`), or "
+                          "--insecure for a local trial")
     else:
         check_server_certs(certs)
 
@@ -152,8 +156,9 @@ def _check_port_free(host: str, port: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
         except OSError as exc:
-            raise MedFedError(f"{host}:{port}: cannot listen ({exc.strerror}); is a SuperLink "
-                              "already running? Choose another --address port") from None
+            raise MedFedError(f"cannot listen ({exc.strerror})", where=f"--address "
+                              f"{host}:{port}", fix="is a SuperLink already running? Choose "
+                              "another --address port") from None
 
 
 @nodes_app.command("add")
@@ -165,9 +170,11 @@ def nodes_add(
     """Authorise a hospital's public key: only registered keys may join the federation."""
     from medfed.deploy import audit, flower
     from medfed.deploy.certs import check_node_public_key
+    from medfed.deploy.state import read_nodes, read_server
 
     key_bytes = check_node_public_key(public_key)
-    flower.read_server(state)
+    read_server(state)
+    read_nodes(state)  # a damaged registry is refused before the SuperLink is asked
     entry = flower.register_node(state, public_key, name, key_bytes)
     audit.append(state / "audit.jsonl", "node_registered", name=name, node_id=entry["node_id"],
                  key_sha256=entry["key_sha256"])
@@ -177,13 +184,14 @@ def nodes_add(
 @nodes_app.command("list")
 def nodes_list(state: Path = typer.Option(Path("state"), help=STATE_HELP)) -> None:
     """Registered hospitals (name, node id, key fingerprint)."""
-    path = state / "nodes.json"
-    nodes = json.loads(path.read_text()) if path.is_file() else {}
-    table = Table(title=f"Registered nodes ({path})")
+    from medfed.deploy.state import read_nodes
+
+    nodes = read_nodes(state)
+    table = Table(title=f"Registered nodes ({state / 'nodes.json'})")
     for column in ("name", "node id", "key sha256"):
         table.add_column(column)
     for name, entry in nodes.items():
-        table.add_row(name, entry["node_id"], entry["key_sha256"][:16])
+        table.add_row(name, entry.node_id, entry.key_sha256[:16])
     out_console.print(table)
 
 
@@ -210,9 +218,10 @@ def run(
     """Launch (or --resume) a federated run on the SuperLink; live progress per round.
     Ctrl-C stops the run; its last completed round stays resumable."""
     from medfed.deploy import flower
+    from medfed.deploy.state import read_server
 
     _quiet()
-    server = flower.read_server(state)
+    server = read_server(state).model_dump()
     insecure = bool(server.get("insecure"))
     address = superlink or server["address"]
     root = _root_cert(server, certs)
@@ -270,20 +279,29 @@ def _prepare_run(config: Path | None, overrides: list[str], resume: str | None,
     if resume:
         run_dir = state / "runs" / resume
         if not (run_dir / "config.json").is_file():
-            raise MedFedError(f"{run_dir}: no such run; list runs in {state / 'runs'}")
-        status = json.loads((run_dir / "status.json").read_text()).get("status") \
-            if (run_dir / "status.json").is_file() else "unknown"
-        if status == "finished":
-            raise MedFedError(f"run {resume}: already finished; nothing to resume")
+            raise MedFedError(f"no such run {resume!r}", where=str(run_dir),
+                              fix=f"pick a run folder listed in {state / 'runs'}")
         from medfed.deploy.resume import load_round
+        from medfed.deploy.state import read_json_file, read_status
 
+        status = read_status(run_dir)
+        if status is not None and status.status == "finished":
+            raise MedFedError("run already finished; nothing to resume",
+                              where=str(run_dir / "status.json"),
+                              fix="start a new run with `medfed run CONFIG`")
+        cfg_path = run_dir / "config.json"
+        cfg = config_from_json(json.dumps(read_json_file(
+            cfg_path, "run config", "restore config.json from a backup or start a new run")),
+            str(cfg_path))
         point = load_round(run_dir)
-        cfg = config_from_json((run_dir / "config.json").read_text())
         if point.round >= cfg.rounds:
-            raise MedFedError(f"run {resume}: all {cfg.rounds} rounds are done")
+            raise MedFedError(f"all {cfg.rounds} rounds are done; nothing to resume",
+                              where=str(run_dir / "round.safetensors"),
+                              fix="start a new run with `medfed run CONFIG`")
         return cfg, run_dir, point.round
     if config is None:
-        raise MedFedError("run: give an experiment CONFIG, or --resume RUN_ID")
+        raise MedFedError("no experiment config", where="medfed run",
+                          fix="give an experiment CONFIG, or --resume RUN_ID")
     cfg = load_config(config, overrides)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_id = f"{cfg.name or config.stem}-{stamp}"
@@ -313,7 +331,7 @@ def _remember(run_dir: Path, flower_run: str) -> None:
     from medfed.io import atomic_write_json
 
     path = run_dir / "flower_runs.json"
-    runs = json.loads(path.read_text()) if path.is_file() else []
+    runs = _read_json(path, [])
     atomic_write_json(path, [*runs, flower_run])
 
 
@@ -357,7 +375,10 @@ def _final_history(run_dir: Path, history: list[dict]) -> list[dict] | None:
             and (run_dir / "result.json").is_file():
         return _read_json(run_dir / "result.json", {}).get("history", history)
     if status.get("status") == "failed":
-        raise MedFedError(f"run {run_dir.name} failed: {status.get('error')}")
+        raise MedFedError(f"run failed: {status.get('error')}",
+                          where=str(run_dir / "status.json"),
+                          fix="fix the cause, then `medfed run --resume "
+                          f"{run_dir.name}`")
     return None
 
 
@@ -378,19 +399,23 @@ class _FlowerCheck:
         status = flower.flower_run_status(self.state, self.flower_run)
         self.unknown = self.unknown + 1 if status == "unknown" else 0
         if self.unknown >= 6:
-            raise MedFedError(f"run {self.run_id}: the SuperLink stopped answering; restart "
-                              f"`medfed server start`, then `medfed run --resume {self.run_id}`")
-        if status.startswith("finished") and not status.endswith("completed"):
-            raise MedFedError(f"run {self.run_id}: Flower reports {status}; see `flwr log "
-                              f"{self.flower_run}`; resume with `medfed run --resume "
+            raise MedFedError("the SuperLink stopped answering", where=f"run {self.run_id}",
+                              fix=f"restart `medfed server start`, then `medfed run --resume "
                               f"{self.run_id}`")
+        if status.startswith("finished") and not status.endswith("completed"):
+            raise MedFedError(f"Flower reports {status}", where=f"run {self.run_id}",
+                              fix=f"see `flwr log {self.flower_run}`; resume with `medfed run "
+                              f"--resume {self.run_id}`")
 
 
 def _read_json(path: Path, default):
+    """A file the coordinator is rewriting (atomically) while we poll: ``default`` when it is
+    missing, unreadable or of another shape than ``default`` (the next poll reads it again)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return default
+    return value if isinstance(value, type(default)) else default
 
 
 # --- hospital ---------------------------------------------------------------------------------
@@ -413,6 +438,10 @@ def client_start(
                                      "machine)."),
     insecure: bool = typer.Option(False, "--insecure", help="No TLS, no node key. Only for a "
                                   "trial against an --insecure SuperLink."),
+    min_count: int | None = typer.Option(None, min=1, help="This hospital's small-cell floor "
+                                         "for `medfed stats`: any count below it leaves as "
+                                         "'<k' (default 10; a query can raise it, never "
+                                         "lower it)."),
     rejoin_wait: float = typer.Option(30.0, help="Seconds to keep retrying when the SuperLink "
                                       "refuses to activate this node (right after a crash its "
                                       "old session is still open for up to 20 s)."),
@@ -433,7 +462,8 @@ def client_start(
     out_console.print(f"site {data}: {summary['n_train']} training and {summary['n_test']} "
                       f"test rows; joining {superlink}", highlight=False)
     code = _supervise_node(flower.supernode_args(superlink, root_cert, key, data, runtime_port,
-                                                 log_path, insecure), runtime_port,
+                                                 log_path, insecure, min_count),
+                           runtime_port,
                            rejoin_wait)
     audit.append(log_path, "node_stopped", exit_code=code)
     _check_node_exit(code, superlink, key)
@@ -447,8 +477,9 @@ def _check_node_credentials(root_cert: Path | None, key: Path | None, insecure: 
                           "and the node is not authenticated")
         return
     if root_cert is None or key is None:
-        raise MedFedError("client start: give --root-cert (the coordinator's ca.pem) and "
-                          "--key (node.key from `medfed keys create`)")
+        raise MedFedError("no TLS credentials", where="client start --root-cert/--key",
+                          fix="give --root-cert (the coordinator's ca.pem) and --key (node.key "
+                          "from `medfed keys create`)")
     check_root_cert(root_cert)
     check_node_key(key)
 
@@ -456,12 +487,13 @@ def _check_node_credentials(root_cert: Path | None, key: Path | None, insecure: 
 def _check_node_exit(code: int, superlink: str, key: Path | None) -> None:
     """A one-line error for a SuperNode that stopped with an error exit code."""
     if code == ACTIVATION_REFUSED:
-        raise MedFedError(f"{superlink} refused this node: its key {key} is not registered "
-                          "(or the same key is online elsewhere); send node.pub to the "
-                          "coordinator (`medfed nodes add`)")
+        raise MedFedError(f"the SuperLink refused this node: its key {key} is not registered "
+                          "(or the same key is online elsewhere)", where=superlink,
+                          fix="send node.pub to the coordinator (`medfed nodes add`)")
     if code:
-        raise MedFedError(f"the SuperNode stopped with Flower exit code {code}; see "
-                          f"https://flower.ai/docs/framework/ref-exit-codes/{code}.html")
+        raise MedFedError(f"the SuperNode stopped with Flower exit code {code}",
+                          where=superlink, fix="see https://flower.ai/docs/framework/"
+                          f"ref-exit-codes/{code}.html")
 
 
 def _supervise_node(flags: list[str], runtime_port: int, rejoin_wait: float) -> int:

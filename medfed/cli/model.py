@@ -46,8 +46,10 @@ def model_download(
     refuses a model that does not match."""
     from medfed.deploy.registry import download_model
     from medfed.deploy.signing import load_public_key
+    from medfed.io import check_output_dir
 
     _quiet()
+    check_output_dir(out, "--out", empty=True)
     trusted = load_public_key(trusted_key) if trusted_key else None
     info = download_model(name, version, out, trusted)
     if audit_log is not None:

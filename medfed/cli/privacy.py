@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medfed.errors import MedFedError
+
 privacy_app = typer.Typer(help="Differential privacy: plan a budget, read the ledgers.",
                           no_args_is_help=True)
 console = Console()
@@ -29,9 +31,13 @@ def plan(
 
     overrides = [*set_, "privacy.mode=dp-sgd"]
     if epsilon is not None:
+        if not epsilon > 0:
+            raise MedFedError(f"privacy.epsilon={epsilon:g} must be > 0", where="--epsilon",
+                              fix="give each site's total budget, e.g. --epsilon 8")
         check_epsilon(epsilon)
         overrides.append(f"privacy.epsilon={epsilon!r}")
     if delta is not None:
+        check_delta(delta)
         overrides.append(f"privacy.delta={delta!r}")
     cfg = load_config(config, overrides)
     sites, _ = simulated_federation(cfg.to_json())
@@ -57,6 +63,13 @@ def plan(
                   "next round would pass its budget[/dim]")
 
 
+def check_delta(delta: float, option: str = "--delta") -> None:
+    """Delta is a probability of failure: strictly between 0 and 1 (in practice < 1/n)."""
+    if not 0 < delta < 1:
+        raise MedFedError(f"delta {delta:g} is not strictly between 0 and 1", where=option,
+                          fix="give a small probability, e.g. --delta 1e-5 (below 1/n)")
+
+
 @privacy_app.command("report")
 def report(
     ledger: Path = typer.Option(..., "--ledger", help="A ledger folder, e.g. runs/bc/privacy/."),
@@ -66,16 +79,20 @@ def report(
     per_round: bool = typer.Option(False, "--rounds", help="Also list every round."),
 ) -> None:
     """Epsilon spent per site, per run and per round, and the budget that remains."""
-    from medfed.errors import MedFedError
     from medfed.privacy.accounting import epsilon_of
     from medfed.privacy.ledger import open_folder
 
     if accountant not in ("rdp", "prv"):
-        raise MedFedError(f"--accountant {accountant!r}: choose rdp or prv")
+        raise MedFedError(f"unknown accountant {accountant!r}", where="--accountant",
+                          fix="choose rdp or prv")
+    check_delta(delta)
+    if budget is not None and not budget > 0:
+        raise MedFedError(f"budget {budget:g} is not positive", where="--budget",
+                          fix="give the epsilon budget each site has, e.g. --budget 8")
     ledgers = open_folder(ledger)
     if not ledgers:
-        raise MedFedError(f"{ledger}: no site ledgers (*.json) here; pass a run's privacy/ "
-                          "folder, e.g. --ledger runs/bc/privacy")
+        raise MedFedError("no site ledgers (*.json) here", where=f"--ledger {ledger}",
+                          fix="pass a run's privacy/ folder, e.g. --ledger runs/bc/privacy")
     table = Table(title=f"Privacy spent (delta {delta:g}, {accountant} accountant)")
     for column in ("site", "run", "rounds", "steps", "noise", "eps of run", "eps total",
                    "remaining"):

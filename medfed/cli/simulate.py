@@ -67,12 +67,13 @@ def simulate(
     to --out. With privacy.mode=dp-sgd each site's privacy ledger is in --out/privacy/.
     """
     from medfed.config import load_config
+    from medfed.io import check_output_dir
 
     quiet_libraries(verbose)
     logging.getLogger("medfed").setLevel(logging.DEBUG if verbose else logging.INFO)
     overrides = [*set_, *([f"engine={engine}"] if engine else [])]
     cfg = load_config(config, overrides)
-    out = out or Path("runs") / config.stem
+    out = check_output_dir(out or Path("runs") / config.stem, "--out")
     console = err_console if as_json else out_console
     if sweep:
         return _sweep(config, out, overrides, sweep, console, track)
@@ -80,6 +81,9 @@ def simulate(
         cfg.privacy.ledger_dir = str(out / "privacy")  # epsilon accumulates over runs in --out
     report, arrays = _run_with_progress(cfg, console)
     _save_outputs(report, arrays, out)
+    from medfed.cli.use import save_simulation_model
+
+    save_simulation_model(cfg, report, arrays, out)  # OUT/model: signed, for `medfed predict`
     if track:
         try:
             _track(cfg, report, out)

@@ -43,3 +43,17 @@ def ensure_file(dataset: str, filename: str, url: str | None, sha256: str | None
     if url is None:
         raise MedFedError(f"{path}: file not found; copy it there or set MEDFED_DATA_DIR")
     return fetch(url, path, sha256)
+
+
+MAX_TABLE_BYTES = 1 << 30  # 1 GiB: ~10 million rows of a wide clinical export
+
+
+def check_table_size(path: str | Path, limit: int = MAX_TABLE_BYTES) -> None:
+    """Refuse a table file above ``limit`` bytes before reading it (pandas would need several
+    times its size in memory; a sparse or runaway export ends in MemoryError instead)."""
+    size = Path(path).stat().st_size
+    if size > limit:
+        raise MedFedError(f"table file is {size / 2**30:.2f} GiB, above the {limit / 2**30:g} "
+                          "GiB limit", where=str(path),
+                          fix="export only the columns and rows training needs, or split the "
+                          "site's rows into several site folders")

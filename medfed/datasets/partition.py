@@ -2,7 +2,8 @@
 
 Schemes: ``iid`` (equal shuffled shares), ``dirichlet`` (label skew, ``alpha``: smaller is more
 skewed), ``quantity`` (size skew: site sizes drawn from Dirichlet(``alpha``)), ``natural`` (one
-site per value of a column, e.g. the hospital).
+site per value of a column, e.g. the hospital). Each draw has its own stream of the seed
+(``medfed.seeds``): row order, site sizes, Dirichlet shares.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from medfed.errors import MedFedError
+from medfed.seeds import derive_seed, numpy_rng
 
 
 def _hf_table(labels: np.ndarray, groups: np.ndarray | None, seed: int):
     """A HuggingFace table of (row, label[, site]) rows in a seeded random order."""
     from datasets import Dataset
 
-    order = np.random.default_rng(seed).permutation(len(labels))
+    order = numpy_rng(seed, "partition", "order").permutation(len(labels))
     columns = {"row": order, "label": labels[order]}
     if groups is not None:
         columns["site"] = groups[order].astype(str)
@@ -28,7 +30,7 @@ def quantity_sizes(n: int, n_sites: int, alpha: float, min_size: int, seed: int)
     if n_sites * min_size > n:
         raise MedFedError(f"partition: {n_sites} sites x {min_size} rows exceed the {n} rows; "
                           "lower partition.sites or partition.min_site_size")
-    share = np.random.default_rng(seed).dirichlet(np.full(n_sites, alpha))
+    share = numpy_rng(seed, "partition", "sizes").dirichlet(np.full(n_sites, alpha))
     sizes = min_size + np.floor(share * (n - n_sites * min_size)).astype(int)
     sizes[np.argmax(sizes)] += n - sizes.sum()  # rounding remainder to the largest site
     return sizes.tolist()
@@ -57,7 +59,8 @@ def partition_rows(labels: np.ndarray, scheme: str, n_sites: int, *, alpha: floa
         partitioner = IidPartitioner(num_partitions=n_sites)
     elif scheme == "dirichlet":
         partitioner = DirichletPartitioner(num_partitions=n_sites, partition_by="label",
-                                           alpha=alpha, min_partition_size=min_size, seed=seed)
+                                           alpha=alpha, min_partition_size=min_size,
+                                           seed=derive_seed(seed, "partition", "dirichlet"))
     elif scheme == "quantity":
         partitioner = SizePartitioner(quantity_sizes(len(labels), n_sites, alpha, min_size, seed))
     else:

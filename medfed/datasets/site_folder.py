@@ -17,7 +17,7 @@ import numpy as np
 
 from medfed.datasets.base import Dataset, Site, TableDataset
 from medfed.datasets.splits import MIN_SITE_ROWS, fixed_split, split_rows
-from medfed.errors import MedFedError
+from medfed.errors import MedFedError, warn
 
 TABLE_SUFFIXES = (".csv", ".data", ".tsv")
 
@@ -67,7 +67,7 @@ def site_of(data: TableDataset, folder: str | Path, test_fraction: float, seed: 
                               "site needs both (check the split column)")
     else:
         train, test = split_rows(rows, data.y, test_fraction, seed, data.task,
-                                 min_rows=MIN_SITE_ROWS, where=data.source)
+                                 min_rows=MIN_SITE_ROWS, where=data.source or str(folder))
     return Site(data.name, data.x[train], data.y[train], data.x[test], data.y[test],
                 task=data.task)
 
@@ -83,15 +83,25 @@ def load_site_folder(folder: str | Path, dataset: str, options: dict[str, Any] |
     data.name = Path(folder).name or path.stem or "site"
     site = site_of(data, folder, test_fraction, seed)
     problem = get_task(site.task).check_train_labels(site.y_train)
-    if problem:
-        raise MedFedError(f"{path}: the training split has {problem}; this site cannot train "
-                          "(export more patients)")
+    if problem:  # skewed sites are data: it trains in the federation, alone it could not
+        warn(f"this site has {problem} (labels {site.label_counts()['train']}); it trains in "
+             "the federation, but a model of this site alone would be a constant predictor",
+             where=str(path), fix="nothing to do, unless the labels are wrong")
     return site, data
 
 
 def check_site_folder(folder: str | Path, dataset: str = "heart-disease",
                       options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What `data check` prints for a clinical site folder; raises MedFedError when broken."""
+    """What `client start` checks before joining: `data check`'s checker first (its first
+    problem, one line), then the loading training does; raises MedFedError when broken."""
+    from medfed.datasets.site_check import check_any_site
+
+    if dataset in ("heart-disease", "csv"):  # the clinical formats `data check` reads line by line
+        checked = check_any_site(folder, dataset, options=options,
+                                 label_column=(options or {}).get("label", "label"))
+        if not checked.ok:
+            raise MedFedError(f"{len(checked.problems)} problem(s), first: {checked.lines()[0]}",
+                              where=str(folder), fix=f"see them all: medfed data check {folder}")
     site, data = load_site_folder(folder, dataset, options)
     return {"folder": str(folder), "file": site_path(folder, site_dataset(dataset)).name,
             "dataset": dataset, "features": len(data.feature_names), "n_train": site.n_train,

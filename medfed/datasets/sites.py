@@ -10,9 +10,13 @@ from medfed.config import config_from_json
 from medfed.datasets import load_dataset
 from medfed.datasets.base import DataInfo, Site, TableDataset, data_info
 from medfed.datasets.partition import partition_rows
-from medfed.datasets.splits import fixed_split, split_rows
-from medfed.errors import MedFedError
+from medfed.datasets.splits import check_site_size, fixed_split, split_rows
+from medfed.errors import MedFedError, warn
+from medfed.seeds import derive_seed
 from medfed.tasks import get_task
+
+SMALL_SITE_FIX = ("drop or merge that site's rows, fill its missing values, or lower "
+                  "partition.min_site_size")
 
 
 def partition_labels(data: TableDataset) -> np.ndarray:
@@ -33,20 +37,28 @@ def partition_units(data: TableDataset, scheme: str, n_sites: int,
 
 def build_sites(data: TableDataset, scheme: str, n_sites: int, *, alpha: float = 0.5,
                 test_fraction: float = 0.3, min_size: int = 10, seed: int = 42) -> list[Site]:
-    """Partition ``data`` into sites; a dataset's own split is kept for natural partitions."""
+    """Partition ``data`` into sites; a dataset's own split is kept for natural partitions.
+
+    A site with fewer than ``min_size`` rows (after the loader dropped incomplete rows) is a
+    MedFedError naming it; a site whose training labels are one class trains (warning).
+    """
     if data.units is not None:
         parts = partition_units(data, scheme, n_sites, alpha=alpha, min_size=min_size, seed=seed)
     else:
         parts = partition_rows(partition_labels(data), scheme, n_sites, alpha=alpha,
                                groups=data.groups, min_size=min_size, seed=seed)
     sites = []
-    for i, (name, rows) in enumerate(parts):
+    for name, rows in parts:
+        where = f"{data.name}: site {name!r}"
+        check_site_size(len(rows), min_size, where, SMALL_SITE_FIX)
         # datasets with units (e.g. ICU stays) fix their split per unit: it is always kept
         if data.split is not None and (scheme == "natural" or data.units is not None
                                        or data.keep_split):
             train, test = fixed_split(rows, data.split)
         else:
-            train, test = split_rows(rows, data.y, test_fraction, seed + i, data.task)
+            train, test = split_rows(rows, data.y, test_fraction,
+                                     derive_seed(seed, name, "split"), data.task,
+                                     where=where, fix=SMALL_SITE_FIX)
         sites.append(Site(name, data.x[train], data.y[train], data.x[test], data.y[test],
                           task=data.task))
     check_sites(sites, data.name)
@@ -54,15 +66,17 @@ def build_sites(data: TableDataset, scheme: str, n_sites: int, *, alpha: float =
 
 
 def check_sites(sites: list[Site], dataset: str) -> None:
-    """Every site must be able to train: rows in both splits, labels the task can learn."""
+    """Every site needs rows in both splits; skewed training labels (e.g. one class) are
+    data, not an error: the site trains in the federation, with a warning."""
     for site in sites:
         if site.n_train == 0 or site.n_test == 0:
-            raise MedFedError(f"{dataset}: site {site.name!r} has {site.n_train} train and "
-                              f"{site.n_test} test rows; use fewer sites or more data")
+            raise MedFedError(f"site {site.name!r} has {site.n_train} train and {site.n_test} "
+                              "test rows", where=dataset, fix="use fewer sites or more data")
         problem = get_task(site.task).check_train_labels(site.y_train)
         if problem:
-            raise MedFedError(f"{dataset}: site {site.name!r} has {problem}; raise "
-                              "partition.alpha, lower partition.sites, or drop that site")
+            warn(f"site {site.name!r} has {problem} (labels {site.label_counts()['train']}); "
+                 "it trains in the federation", where=dataset,
+                 fix="its local-only baseline is a constant predictor (see the report)")
 
 
 @lru_cache(maxsize=4)

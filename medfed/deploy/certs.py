@@ -60,10 +60,15 @@ def init_certs(folder: str | Path, server_names: list[str], days: int = 825,
     """
     folder = Path(folder)
     if (folder / CA_CERT).exists():
-        raise MedFedError(f"{folder / CA_CERT}: a CA already exists; hospitals trust it, so "
-                          "keep it (or choose an empty folder for a new federation)")
+        raise MedFedError("a CA already exists here", where=str(folder / CA_CERT),
+                          fix="hospitals trust it, so keep it (or choose an empty folder for "
+                          "a new federation)")
+    if days < 1:
+        raise MedFedError(f"validity of {days} day(s)", where="certs init --days",
+                          fix="give 1 day or more (default 825)")
     if not server_names:
-        raise MedFedError("certs init: give --server-name (the host name hospitals dial)")
+        raise MedFedError("no server name", where="certs init --server-name",
+                          fix="give --server-name (the host name hospitals dial)")
     start = not_before or _now() - dt.timedelta(minutes=5)
     end = start + dt.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -112,22 +117,25 @@ def _server_cert(server_key: ec.EllipticCurvePrivateKey, server_names: list[str]
 
 def _read_cert(path: Path, what: str) -> x509.Certificate:
     if not path.is_file():
-        raise MedFedError(f"{path}: {what} not found; create it with `medfed certs init`")
+        raise MedFedError(f"{what} not found", where=str(path),
+                          fix="create it with `medfed certs init`")
     try:
         return x509.load_pem_x509_certificate(path.read_bytes())
     except ValueError:
-        raise MedFedError(f"{path}: not a PEM certificate; use the {what} written by "
-                          "`medfed certs init`") from None
+        raise MedFedError("not a PEM certificate", where=str(path),
+                          fix=f"use the {what} written by `medfed certs init`") from None
 
 
 def _check_dates(cert: x509.Certificate, path: Path) -> None:
     now = _now()
     if cert.not_valid_after_utc < now:
-        raise MedFedError(f"{path}: certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}; "
-                          "issue new ones with `medfed certs init` in a new folder")
+        raise MedFedError(f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}",
+                          where=str(path), fix="issue new ones with `medfed certs init` in a "
+                          "new folder")
     if cert.not_valid_before_utc > now:
-        raise MedFedError(f"{path}: certificate not valid before "
-                          f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check the clock")
+        raise MedFedError(f"certificate not valid before "
+                          f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC", where=str(path),
+                          fix="check the clock")
 
 
 def check_root_cert(path: str | Path) -> x509.Certificate:
@@ -140,8 +148,8 @@ def check_root_cert(path: str | Path) -> x509.Certificate:
     except x509.ExtensionNotFound:
         is_ca = False
     if not is_ca:
-        raise MedFedError(f"{path}: not a CA certificate; pass the coordinator's ca.pem as "
-                          "--root-cert")
+        raise MedFedError("not a CA certificate", where=str(path),
+                          fix="pass the coordinator's ca.pem as --root-cert")
     return cert
 
 
@@ -155,18 +163,19 @@ def check_server_certs(folder: str | Path) -> dict[str, Path]:
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except FileNotFoundError:
-        raise MedFedError(f"{key_path}: server key not found; run `medfed certs init`") from None
+        raise MedFedError("server key not found", where=str(key_path),
+                          fix="run `medfed certs init`") from None
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise MedFedError(f"{key_path}: not an unencrypted PEM private key; run "
-                          "`medfed certs init` in a new folder") from None
+        raise MedFedError("not an unencrypted PEM private key", where=str(key_path),
+                          fix="run `medfed certs init` in a new folder") from None
     if key.public_key().public_numbers() != server.public_key().public_numbers():
-        raise MedFedError(f"{key_path}: this key does not match {server_path}; keep the pair "
-                          "written together by `medfed certs init`")
+        raise MedFedError(f"this key does not match {server_path}", where=str(key_path),
+                          fix="keep the pair written together by `medfed certs init`")
     try:
         server.verify_directly_issued_by(ca)
     except (ValueError, TypeError, Exception):
-        raise MedFedError(f"{server_path}: not signed by {folder / CA_CERT}; the certificate and "
-                          "CA come from different `certs init` runs") from None
+        raise MedFedError(f"not signed by {folder / CA_CERT}", where=str(server_path),
+                          fix="keep the certificate and CA of one `certs init` run") from None
     return {"ca_cert": folder / CA_CERT, "server_cert": server_path, "server_key": key_path}
 
 
@@ -182,8 +191,9 @@ def create_node_keys(folder: str | Path) -> dict[str, Path]:
     """A hospital's node key pair: node.key (keep it) and node.pub (send to the coordinator)."""
     folder = Path(folder)
     if (folder / NODE_KEY).exists():
-        raise MedFedError(f"{folder / NODE_KEY}: a node key already exists; the coordinator "
-                          "registered its public key, so keep it (or choose another folder)")
+        raise MedFedError("a node key already exists here", where=str(folder / NODE_KEY),
+                          fix="the coordinator registered its public key, so keep it (or "
+                          "choose another folder)")
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
@@ -199,29 +209,33 @@ def check_node_key(path: str | Path) -> None:
     """A SuperNode private key Flower can use (OpenSSH EC key from `medfed keys create`)."""
     path = Path(path)
     if not path.is_file():
-        raise MedFedError(f"{path}: node key not found; create one with `medfed keys create`")
+        raise MedFedError("node key not found", where=str(path),
+                          fix="create one with `medfed keys create`")
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise MedFedError(f"{path}: not a node private key (OpenSSH format); pass the node.key "
-                          "written by `medfed keys create`, not the .pub or a TLS key") from None
+        raise MedFedError("not a node private key (OpenSSH format)", where=str(path),
+                          fix="pass the node.key written by `medfed keys create`, not the .pub "
+                          "or a TLS key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise MedFedError(f"{path}: node keys must be EC keys; create one with "
-                          "`medfed keys create`")
+        raise MedFedError("not an EC node key", where=str(path),
+                          fix="create one with `medfed keys create`")
 
 
 def check_node_public_key(path: str | Path) -> bytes:
     """A hospital's node.pub, as bytes; one clear line if it is anything else."""
     path = Path(path)
     if not path.is_file():
-        raise MedFedError(f"{path}: public key not found; ask the hospital for the node.pub "
-                          "written by `medfed keys create`")
+        raise MedFedError("public key not found", where=str(path),
+                          fix="ask the hospital for the node.pub written by `medfed keys "
+                          "create`")
     data = path.read_bytes()
     try:
         key = serialization.load_ssh_public_key(data.strip())
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise MedFedError(f"{path}: not an OpenSSH public key; the hospital must send node.pub "
-                          "(never node.key)") from None
+        raise MedFedError("not an OpenSSH public key", where=str(path),
+                          fix="the hospital must send node.pub (never node.key)") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise MedFedError(f"{path}: node keys must be EC keys from `medfed keys create`")
+        raise MedFedError("not an EC node public key", where=str(path),
+                          fix="use the node.pub from `medfed keys create`")
     return data

@@ -188,11 +188,26 @@ def _best_score(run_dir: Path) -> float | None:
 
 def _record_start(run_dir: Path, audit_path: Path, run_id: str, flower_run_id: str,
                   rounds: int, resume: ResumePoint | None) -> None:
+    if resume is not None:
+        _record_checkpointed_rounds(audit_path, run_id, resume)
     audit.append(audit_path, "run_resumed" if resume else "run_started", run_id=run_id,
                  flower_run_id=flower_run_id, rounds=rounds,
                  from_round=(resume.round + 1) if resume else 1)
     atomic_write_json(run_dir / "status.json", {"status": "running", "run_id": run_id,
                                                 "flower_run_id": flower_run_id})
+
+
+def _record_checkpointed_rounds(audit_path: Path, run_id: str, resume: ResumePoint) -> None:
+    """A crash between a round's checkpoint and its audit entry leaves a finished round
+    unlogged, and resume will not run it again: log it now, from the checkpoint."""
+    logged = {e.get("round") for e in audit.entries(audit_path)
+              if e.get("run_id") == run_id and e.get("event") == "round_finished"}
+    for record in resume.history:
+        if record.get("round") not in logged and record.get("round", 0) <= resume.round:
+            audit.append(audit_path, "round_finished", run_id=run_id, round=record["round"],
+                         sites_trained=record.get("sites_trained"),
+                         metrics=record.get("federated_eval") or {},
+                         recorded="on resume, from the round's checkpoint")
 
 
 def _record_failure(run_dir: Path, audit_path: Path, run_id: str, exc: Exception) -> None:
@@ -217,5 +232,7 @@ def _record_result(run_dir: Path, run_id: str, result: FederationResult,
     atomic_write_json(run_dir / "result.json", {
         "run_id": run_id, "history": result.history, "sites": ledger.sites,
         "summary": {"task": result.summary.task, "input_shape": list(result.summary.input_shape),
-                    "n_classes": result.summary.n_classes, "n_train": result.summary.n_train},
+                    "n_classes": result.summary.n_classes, "n_train": result.summary.n_train,
+                    # the model card's preprocessing: `medfed predict` scales rows with it
+                    "scaling": {k: list(v) for k, v in result.summary.scaling.items()}},
         "federated_s": result.seconds})

@@ -43,10 +43,12 @@ RUN_RESUME = "resume"
 RUN_ROUND_TIMEOUT = "round-timeout"
 RUN_WAIT_TIMEOUT = "wait-timeout"
 RUN_POLL_INTERVAL = "poll-interval"
+RUN_JOB = "job"  # "train" (`medfed run`) or "stats" (`medfed stats --superlink`)
 NODE_AUDIT_LOG = "audit-log"
 DEPLOY_RUN_CONFIG: dict[str, Any] = {RUN_EXPERIMENT: "", RUN_STATE_DIR: "", RUN_DEPLOY_ID: "",
                                      RUN_RESUME: False, RUN_ROUND_TIMEOUT: 600.0,
-                                     RUN_WAIT_TIMEOUT: 300.0, RUN_POLL_INTERVAL: 0.1}
+                                     RUN_WAIT_TIMEOUT: 300.0, RUN_POLL_INTERVAL: 0.1,
+                                     RUN_JOB: "train"}
 APP_PYPROJECT = app_pyproject(DEPLOY_RUN_CONFIG, serverapp=SERVER_APP, clientapp=CLIENT_APP)
 
 
@@ -227,9 +229,15 @@ def run_config_toml(values: dict[str, Any]) -> str:
 
 
 def supernode_args(superlink: str, root_cert: Path | None, key: Path | None, data: Path,
-                   runtime_port: int, audit_log: Path, insecure: bool = False) -> list[str]:
-    """``flower-supernode`` flags: TLS to the SuperLink, node key, site data as node config."""
+                   runtime_port: int, audit_log: Path, insecure: bool = False,
+                   min_count: int | None = None) -> list[str]:
+    """``flower-supernode`` flags: TLS to the SuperLink, node key, site data as node config
+    (and the site's own small-cell floor for statistics queries, when it sets one)."""
+    from medfed.federation.stats import NODE_MIN_COUNT
+
     node_config = f'{NODE_DATA_PATH}="{data.resolve()}" {NODE_AUDIT_LOG}="{audit_log.resolve()}"'
+    if min_count is not None:
+        node_config += f" {NODE_MIN_COUNT}={int(min_count)}"
     args = ["--superlink", superlink, "--isolation", "process", "--port", str(runtime_port),
             "--node-config", node_config]
     if insecure:

@@ -11,6 +11,7 @@ land in the output folder: a mismatch leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import re
 import shutil
@@ -19,10 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flwr.app import ConfigRecord
+
 from medfed.config import ExperimentConfig
+from medfed.datasets.base import DataInfo
 from medfed.deploy.signing import (
     CARD_JSON,
     CARD_MD,
+    SIGNATURE,
     WEIGHTS,
     ensure_signing_key,
     sha256_file,
@@ -30,6 +35,8 @@ from medfed.deploy.signing import (
     verify_model_dir,
 )
 from medfed.errors import MedFedError
+from medfed.federation.messages import read_scaling
+from medfed.inference.card import card_markdown_lines, deployment_sections, preprocessing_section
 from medfed.io import atomic_write_json, atomic_write_text
 from medfed.reports.tracking import tracking_uri
 
@@ -120,7 +127,7 @@ def model_card(run_dir: Path, cfg: ExperimentConfig, kind: str,
                       "metrics": info.get("metrics", {}),
                       "privacy": info.get("privacy") or {"mode": privacy_mode}})
     record = next((h for h in history if h["round"] == chosen), history[-1])
-    return {"name": model_name(cfg), "kind": kind, "run_id": result["run_id"],
+    card = {"name": model_name(cfg), "kind": kind, "run_id": result["run_id"],
             "round": chosen, "rounds": cfg.rounds, "task": result["summary"]["task"],
             "input_shape": result["summary"]["input_shape"],
             "n_classes": result["summary"]["n_classes"], "dataset": cfg.dataset.name,
@@ -129,6 +136,20 @@ def model_card(run_dir: Path, cfg: ExperimentConfig, kind: str,
             "privacy": json.loads(cfg.privacy.model_dump_json()),
             "config": json.loads(cfg.to_json()),
             "weights_format": "safetensors"}
+    card["preprocessing"] = preprocessing_section(cfg, summary_info(result["summary"]),
+                                                  read_scaling(ConfigRecord(
+                                                      result["summary"].get("scaling") or {})),
+                                                  None)
+    trained = dt.datetime.fromtimestamp((run_dir / "result.json").stat().st_mtime, dt.UTC)
+    card.update(deployment_sections(cfg, card["task"], sites, history,
+                                    trained.isoformat(timespec="seconds")))
+    return card
+
+
+def summary_info(summary: dict[str, Any]) -> DataInfo:
+    return DataInfo(task=summary["task"], input_shape=tuple(summary["input_shape"]),
+                    n_classes=int(summary["n_classes"]),
+                    standardize=bool(summary.get("scaling")))
 
 
 def card_markdown(card: dict[str, Any]) -> str:
@@ -138,15 +159,17 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"{card['model']}; strategy: {card['strategy']}",
              f"- Run: {card['run_id']}; weights: model.safetensors (signed, see signature.json)",
              f"- Privacy: {card['privacy']['mode']}", "", "## Federated metrics", ""]
-    lines += [f"- {k}: {v:.4f}" for k, v in card["federated_metrics"].items()]
+    lines += [f"- {k}: {v:.4f}" for k, v in card["federated_metrics"].items() if v is not None]
     lines += ["", "## Sites", "", "| site | train | test | metrics | privacy |",
               "|---|---|---|---|---|"]
     for site in card["sites"]:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in site["metrics"].items()
-                            if k in ("auroc", "accuracy", "balanced_accuracy"))
+                            if k in ("auroc", "accuracy", "balanced_accuracy") and v is not None)
         privacy = ", ".join(f"{k} {v}" for k, v in site["privacy"].items())
         lines.append(f"| {site['site']} | {site['n_train']} | {site['n_test']} | {metrics} | "
                      f"{privacy} |")
+    if "per_site_metrics" in card:  # intended use, CIs, calibration, limits
+        lines += card_markdown_lines(card)
     return "\n".join(lines) + "\n"
 
 
@@ -185,12 +208,36 @@ def register_run(run_dir: Path, cfg: ExperimentConfig, state: Path, client: Mlfl
     kinds = ["best", "final"] if (run_dir / "best.safetensors").is_file() else ["final"]
     for kind in kinds:
         folder = build_model_dir(run_dir, cfg, kind, state)
-        client.log_artifacts(mlflow_run_id, str(folder), artifact_path=f"models/{kind}")
+        with servable(folder) as logged:
+            client.log_artifacts(mlflow_run_id, str(logged), artifact_path=f"models/{kind}")
         version = client.create_model_version(
             name, source=f"{run.info.artifact_uri}/models/{kind}", run_id=mlflow_run_id,
-            tags={"kind": kind, "medfed.run_id": run_dir.name})
+            tags={"kind": kind, "medfed.run_id": run_dir.name,
+                  "medfed.pyfunc": str(logged != folder).lower()})
         registered.append({"name": name, "version": str(version.version), "kind": kind})
     return registered
+
+
+@contextlib.contextmanager
+def servable(folder: Path) -> Iterator[Path]:
+    """The folder to log: for table models an MLflow pyfunc (MLmodel, code, signature, the
+    signed files as its artifact) with the signed files also at its root, so that both
+    `mlflow models serve -m models:/NAME/latest` and `medfed model download` work; imaging
+    and sepsis models (scored from files) stay the plain signed folder."""
+    from medfed.inference.pyfunc import save_pyfunc
+
+    staging = Path(tempfile.mkdtemp(prefix="medfed-pyfunc-"))
+    try:
+        try:
+            pyfunc = save_pyfunc(folder, staging / "pyfunc")
+        except MedFedError:
+            yield folder
+            return
+        for name in (WEIGHTS, CARD_JSON, CARD_MD, SIGNATURE):
+            shutil.copyfile(folder / name, pyfunc / name)
+        yield pyfunc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
+from pydantic import BaseModel, Field, Json, ValidationError
 from safetensors.numpy import load as np_load
 from safetensors.numpy import save as np_save
 
@@ -95,27 +96,65 @@ def save_round(folder: str | Path, server_round: int, arrays: ArrayRecord, strat
     return path
 
 
-def load_round(folder: str | Path) -> ResumePoint:
-    """The last completed round of a run; a clear error when there is none or it is broken."""
-    path = Path(folder) / ROUND_FILE
-    if not path.is_file():
-        raise MedFedError(f"{path}: no completed round to resume from; start the run again "
-                          "with `medfed run CONFIG`")
-    try:
-        from safetensors import safe_open
+class _Summary(BaseModel):
+    task: str
+    input_shape: list[int]
+    n_classes: int
+    n_train: int
+    scaling: dict[str, Any] | None = None
 
-        data = path.read_bytes()
-        tensors = np_load(data)
+
+class _RoundMeta(BaseModel):
+    """The metadata of ``round.safetensors`` (every value is a string holding JSON)."""
+
+    round: Annotated[int, Field(ge=1)]
+    order: Json[list[str]]
+    kinds: Json[dict[str, Literal["record", "dict", "list"]]]
+    summary: Json[_Summary]
+    history: Json[list[dict[str, Any]]]
+
+
+def _damaged(path: Path, what: str) -> MedFedError:
+    return MedFedError(f"round checkpoint {what}", where=str(path),
+                       fix="restore the run's state folder from a backup, or start a new run "
+                       "with `medfed run CONFIG`")
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        tensors = np_load(path.read_bytes())
         with safe_open(str(path), framework="numpy") as handle:
             meta = handle.metadata()
-        order = json.loads(meta["order"])
-        arrays = ArrayRecord({k: torch.from_numpy(tensors[f"global/{k}"].copy()) for k in order})
-        return ResumePoint(round=int(meta["round"]), arrays=arrays,
-                           summary=_summary_from(json.loads(meta["summary"])),
-                           history=json.loads(meta["history"]),
-                           strategy_state={"kinds": json.loads(meta["kinds"]),
-                                           "tensors": {k: v for k, v in tensors.items()
-                                                       if k.startswith("strategy/")}})
-    except (KeyError, ValueError, OSError, json.JSONDecodeError) as exc:
-        raise MedFedError(f"{path}: checkpoint unreadable ({exc.__class__.__name__}); restore "
-                          "the state folder from a backup or start a new run") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError on any damage
+        raise _damaged(path, f"is not a readable safetensors file ({exc.__class__.__name__}: "
+                       "garbage or cut short)") from None
+    if not meta:
+        raise _damaged(path, "has no metadata (round, history): not written by MedFed")
+    return tensors, meta
+
+
+def load_round(folder: str | Path) -> ResumePoint:
+    """The last completed round of a run; one clear line when there is none or it is broken
+    (unreadable file, missing or mistyped metadata, missing arrays)."""
+    path = Path(folder) / ROUND_FILE
+    if not path.is_file():
+        raise MedFedError("no completed round to resume from", where=str(path),
+                          fix="start the run again with `medfed run CONFIG`")
+    tensors, raw = _read_checkpoint(path)
+    try:
+        meta = _RoundMeta.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise _damaged(path, f"metadata {field!r} is damaged ({err['msg'].lower()})") from None
+    missing = [k for k in meta.order if f"global/{k}" not in tensors]
+    if missing:
+        raise _damaged(path, f"lacks the model array {missing[0]!r}")
+    arrays = ArrayRecord({k: torch.from_numpy(tensors[f"global/{k}"].copy()) for k in meta.order})
+    return ResumePoint(round=meta.round, arrays=arrays,
+                       summary=_summary_from(meta.summary.model_dump()), history=meta.history,
+                       strategy_state={"kinds": dict(meta.kinds),
+                                       "tensors": {k: v for k, v in tensors.items()
+                                                   if k.startswith("strategy/")}})

@@ -7,9 +7,20 @@ is checkpointed there and recorded in the coordinator's audit log.
 
 from __future__ import annotations
 
-from flwr.serverapp import ServerApp
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
 
 from medfed.deploy.coordinator import deployment_main
+from medfed.deploy.flower import RUN_JOB
 
 app = ServerApp()
-app.main()(deployment_main)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Training (`medfed run`), or the statistics query (`medfed stats --superlink`)."""
+    if str(context.run_config.get(RUN_JOB, "train")) == "stats":
+        from medfed.deploy.stats import stats_main
+
+        return stats_main(grid, context)
+    return deployment_main(grid, context)

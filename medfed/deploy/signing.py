@@ -12,11 +12,12 @@ import base64
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medfed.errors import MedFedError
 from medfed.io import atomic_write_bytes, atomic_write_json
@@ -50,9 +51,11 @@ def ensure_signing_key(folder: str | Path) -> Ed25519PrivateKey:
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (ValueError, TypeError):
-            raise MedFedError(f"{path}: not a PEM Ed25519 key; restore it from a backup") from None
+            raise MedFedError("not a PEM Ed25519 key", where=str(path),
+                              fix="restore it from a backup") from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise MedFedError(f"{path}: not an Ed25519 key; restore it from a backup")
+            raise MedFedError("not an Ed25519 key", where=str(path),
+                              fix="restore it from a backup")
         return key
     key = Ed25519PrivateKey.generate()
     atomic_write_bytes(folder / SIGNING_PUB, key.public_key().public_bytes(
@@ -69,13 +72,14 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except FileNotFoundError:
-        raise MedFedError(f"{path}: public key not found; ask the coordinator for "
-                          f"{SIGNING_PUB}") from None
+        raise MedFedError("public key not found", where=str(path),
+                          fix=f"ask the coordinator for {SIGNING_PUB}") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise MedFedError(f"{path}: not a PEM public key; use the coordinator's "
-                          f"{SIGNING_PUB}") from None
+        raise MedFedError("not a PEM public key", where=str(path),
+                          fix=f"use the coordinator's {SIGNING_PUB}") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise MedFedError(f"{path}: not an Ed25519 public key; use {SIGNING_PUB}")
+        raise MedFedError("not an Ed25519 public key", where=str(path),
+                          fix=f"use the coordinator's {SIGNING_PUB}")
     return key
 
 
@@ -97,33 +101,73 @@ def sign_model_dir(folder: str | Path, key: Ed25519PrivateKey) -> dict[str, Any]
     return document
 
 
+class _Signed(BaseModel):
+    weights_sha256: str
+    card_sha256: str
+
+
+class _SignatureFile(BaseModel):
+    """``signature.json``; strings where strings belong, nothing else required."""
+
+    model_config = ConfigDict(strict=True)
+    algorithm: Literal["ed25519"]
+    public_key: str
+    signed: _Signed
+    signature: str
+    key_id: str | None = None
+
+
+def read_signature(path: Path) -> tuple[dict[str, str], bytes, Ed25519PublicKey]:
+    """(signed hashes, signature bytes, public key) of a ``signature.json``; every kind of
+    damage (not JSON, wrong shape, bad base64, wrong key length) is one clear line."""
+    fix = "download the model again with `medfed model download`"
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MedFedError("signature file is not JSON text", where=str(path), fix=fix) from None
+    if not isinstance(raw, dict):
+        raise MedFedError(f"signature file is a JSON {type(raw).__name__}, not an object",
+                          where=str(path), fix=fix)
+    try:
+        document = _SignatureFile.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise MedFedError(f"signature file has a bad field {field!r} ({err['msg'].lower()})",
+                          where=str(path), fix=fix) from None
+    try:
+        signature = base64.b64decode(document.signature, validate=True)
+        public = Ed25519PublicKey.from_public_bytes(
+            base64.b64decode(document.public_key, validate=True))
+    except ValueError:
+        raise MedFedError("signature file's key or signature is not a base64 Ed25519 value",
+                          where=str(path), fix=fix) from None
+    return document.signed.model_dump(), signature, public
+
+
 def verify_model_dir(folder: str | Path, trusted: Ed25519PublicKey | None = None) -> dict:
     """Check hashes and signature of a model folder; raise one clear line on any mismatch."""
     folder = Path(folder)
     for name in (WEIGHTS, CARD_JSON, SIGNATURE):
         if not (folder / name).is_file():
-            raise MedFedError(f"{folder / name}: missing; download the model again with "
-                              "`medfed model download`")
-    try:
-        document = json.loads((folder / SIGNATURE).read_text())
-        signed = document["signed"]
-        signature = base64.b64decode(document["signature"])
-        public = Ed25519PublicKey.from_public_bytes(base64.b64decode(document["public_key"]))
-    except (ValueError, KeyError, TypeError):
-        raise MedFedError(f"{folder / SIGNATURE}: unreadable signature file; download the "
-                          "model again") from None
+            raise MedFedError("model file missing", where=str(folder / name),
+                              fix="download the model again with `medfed model download`")
+    signed, signature, public = read_signature(folder / SIGNATURE)
     if trusted is not None and _raw_public(trusted) != _raw_public(public):
-        raise MedFedError(f"{folder / SIGNATURE}: signed by key {key_id(public)}, not by the "
-                          f"trusted coordinator key {key_id(trusted)}; do not use this model")
+        raise MedFedError(f"signed by key {key_id(public)}, not by the trusted coordinator "
+                          f"key {key_id(trusted)}", where=str(folder / SIGNATURE),
+                          fix="do not use this model")
     if sha256_file(folder / WEIGHTS) != signed.get("weights_sha256"):
-        raise MedFedError(f"{folder / WEIGHTS}: SHA-256 does not match the signed hash (the "
-                          "weights were altered or corrupted); do not use them, download again")
+        raise MedFedError("SHA-256 does not match the signed hash (the weights were altered "
+                          "or corrupted)", where=str(folder / WEIGHTS),
+                          fix="do not use them; download the model again")
     if sha256_file(folder / CARD_JSON) != signed.get("card_sha256"):
-        raise MedFedError(f"{folder / CARD_JSON}: SHA-256 does not match the signed hash (the "
-                          "model card was altered); download the model again")
+        raise MedFedError("SHA-256 does not match the signed hash (the model card was "
+                          "altered)", where=str(folder / CARD_JSON),
+                          fix="download the model again")
     try:
         public.verify(signature, _payload(signed))
     except InvalidSignature:
-        raise MedFedError(f"{folder / SIGNATURE}: the Ed25519 signature is invalid; do not use "
-                          "this model") from None
+        raise MedFedError("the Ed25519 signature is invalid", where=str(folder / SIGNATURE),
+                          fix="do not use this model") from None
     return {"key_id": key_id(public), **signed}

@@ -34,14 +34,23 @@ def save_checkpoint(folder: str | Path, server_round: int, arrays: ArrayRecord,
 
 
 def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(weights, state) of a checkpoint folder; each kind of damage is one clear line."""
     folder = Path(folder)
+    fix = "restore it from a backup or start a new run"
+    if not (folder / STATE).is_file() or not (folder / WEIGHTS).is_file():
+        raise MedFedError(f"no checkpoint here ({STATE} and {WEIGHTS} expected)",
+                          where=str(folder), fix=fix)
     try:
-        state = json.loads((folder / STATE).read_text())
+        state = json.loads((folder / STATE).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MedFedError(f"checkpoint {STATE} is not JSON text", where=str(folder / STATE),
+                          fix=fix) from None
+    if not isinstance(state, dict) or not isinstance(state.get("round"), int):
+        raise MedFedError(f"checkpoint {STATE} is not an object with an integer 'round'",
+                          where=str(folder / STATE), fix=fix)
+    try:
         weights = st_load((folder / WEIGHTS).read_bytes())
-    except FileNotFoundError:
-        raise MedFedError(f"{folder}: no checkpoint here ({STATE} and {WEIGHTS} "
-                          "expected)") from None
-    except (json.JSONDecodeError, Exception) as exc:
-        raise MedFedError(f"{folder}: checkpoint unreadable ({exc.__class__.__name__}); "
-                          "restore it from a backup or start a new run") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError on any damage
+        raise MedFedError(f"checkpoint weights unreadable ({exc.__class__.__name__})",
+                          where=str(folder / WEIGHTS), fix=fix) from None
     return weights, state

@@ -28,10 +28,12 @@ from medfed.datasets.scaling import site_moments, standardize
 from medfed.datasets.sites import hospital_site, simulated_federation
 from medfed.errors import MedFedError
 from medfed.federation import messages
+from medfed.federation.stats import stats_query
 from medfed.federation.train import predict, train_local
 from medfed.models import for_experiment, site_state_dict
 from medfed.models.runtime import on_device, pick_device
 from medfed.privacy.central import central_clipping_mod
+from medfed.seeds import derive_seed
 from medfed.tasks import get_task
 
 
@@ -118,7 +120,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content[messages.CONFIG]
     model = _model(context, info, msg.content[messages.ARRAYS])
     server_round = int(config.get(messages.SERVER_ROUND, 1))
-    seed = cfg.seed * 100_003 + server_round * 1_009 + int(context.node_id % 100_000)
+    seed = derive_seed(cfg.seed, site.name, server_round, "train")  # not the node id: random
     if cfg.privacy.mode == "dp-sgd":
         from medfed.privacy.site import BudgetExhausted, train_round
 
@@ -164,6 +166,7 @@ def build_app(mods: Sequence[Mod] = ()) -> ClientApp:
     """The ClientApp: the handlers above behind ``mods`` (a real site adds its audit mod)."""
     app = ClientApp(mods=list(mods))
     app.query(messages.SITE_SUMMARY_ACTION)(site_summary)
+    app.query(messages.STATS_ACTION)(stats_query)  # `medfed stats` (federation/stats.py)
     app.train(mods=[central_clipping_mod])(train)  # Flower's client-side clipping when asked
     app.evaluate()(evaluate)
     return app

@@ -14,6 +14,11 @@ from flwr.app import ConfigRecord
 # message types (besides Flower's "train" and "evaluate")
 SITE_SUMMARY_ACTION = "site_summary"
 SITE_SUMMARY = f"query.{SITE_SUMMARY_ACTION}"
+STATS_ACTION = "stats"  # `medfed stats`: one pass of the statistics query (federation/stats.py)
+STATS_MESSAGE = f"query.{STATS_ACTION}"
+STATS = "stats"  # record of a stats reply
+STATS_QUERY = "query"  # the query as JSON (in the CONFIG record)
+STATS_REPLY = "stats-json"  # the site's answer as JSON: counts, sums, "<k" for small cells
 
 # the Flower error code of a site that refuses to train (its privacy budget is spent)
 BUDGET_EXHAUSTED = 4001

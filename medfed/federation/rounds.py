@@ -13,6 +13,7 @@ fewer than ``strategy.min_sites`` answered.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from medfed.errors import MedFedError
 from medfed.federation import messages
 from medfed.models import for_experiment
 from medfed.privacy.central import wrap_strategy
+from medfed.seeds import globals_seeded
 from medfed.strategies import build_strategy
 
 log = logging.getLogger("medfed.server")
@@ -99,6 +101,31 @@ class RoundHooks:
     on_checkpoint: CheckpointFn | None = None
     restore_strategy: Callable[[Any, dict[str, Any]], None] | None = None
     min_replies: int = 0
+    # simulation: the experiment seed for what Flower's strategies draw from Python's and
+    # numpy's global generators (site sampling, central-DP noise); None in a real federation,
+    # where noise drawn from a known seed could be subtracted
+    seed: int | None = None
+
+
+def exchange(grid: Grid, batch: list[Message], hooks: RoundHooks) -> list[Message]:
+    """Send ``batch``; the replies in an order fixed by their content, not by who answered
+    first: aggregation is a float sum, and its order changes the last bits."""
+    return sorted(hooks.exchange(grid, batch, hooks.timeout), key=reply_key)
+
+
+def reply_key(reply: Message) -> bytes:
+    digest = hashlib.sha256()
+    if reply.has_error():
+        digest.update(f"error {reply.error.code} {reply.error.reason}".encode())
+        return b"\x01" + digest.digest()  # error replies last
+    for name, record in sorted(reply.content.items()):
+        digest.update(name.encode())
+        if isinstance(record, ArrayRecord):
+            for key, array in record.items():
+                digest.update(key.encode() + array.data)
+        else:
+            digest.update(repr(sorted(record.items())).encode())
+    return b"\x00" + digest.digest()
 
 
 def wait_for_sites(grid: Grid, needed: int, timeout: float = 300.0,
@@ -133,7 +160,7 @@ def summarise_sites(grid: Grid, nodes: list[int], hooks: RoundHooks) -> Federati
     """Ask every site for its summary; combine feature moments into federated scaling."""
     batch = [Message(RecordDict({messages.CONFIG: ConfigRecord()}), dst_node_id=node,
                      message_type=messages.SITE_SUMMARY) for node in nodes]
-    replies = ok_replies(hooks.exchange(grid, batch, hooks.timeout), "site summary")
+    replies = ok_replies(exchange(grid, batch, hooks), "site summary")
     if not replies:
         raise MedFedError("no site answered the site-summary query; check the clients' logs")
     first = replies[0].content[messages.SUMMARY]
@@ -187,9 +214,10 @@ def run_round(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord,
               summary: FederationSummary, cfg: ExperimentConfig,
               hooks: RoundHooks) -> tuple[ArrayRecord, dict[str, Any]]:
     """One round: train, aggregate, and (every ``evaluate_every`` rounds) evaluate."""
-    batch = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(summary.scaling)),
-                                          grid))
-    replies = list(hooks.exchange(grid, batch, hooks.timeout))
+    with globals_seeded(hooks.seed, rnd, "configure-train"):  # Flower samples sites here
+        batch = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(summary.scaling)),
+                                              grid))
+    replies = exchange(grid, batch, hooks)
     if hooks.min_replies:
         replies = [r for r in replies if not r.has_error()]
         if len(replies) < hooks.min_replies:
@@ -197,7 +225,8 @@ def run_round(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord,
                               f"{hooks.timeout:.0f} s, strategy.min_sites is "
                               f"{hooks.min_replies}; bring the sites back, then resume "
                               f"(round {rnd - 1} is saved)")
-    new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+    with globals_seeded(hooks.seed, rnd, "aggregate-train"):  # central DP adds noise here
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
     arrays = new_arrays if new_arrays is not None else arrays
     record: dict[str, Any] = {"round": rnd,
                               "sites_trained": sum(1 for r in replies if not r.has_error())}
@@ -224,10 +253,11 @@ def evaluate_round(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord,
     """The sites' own evaluation (aggregated by the strategy), then the central one."""
     out: dict[str, Any] = {}
     if cfg.strategy.fraction_evaluate > 0:
-        batch = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(summary.scaling)),
-                                                 grid))
+        with globals_seeded(hooks.seed, rnd, "configure-evaluate"):
+            batch = list(strategy.configure_evaluate(
+                rnd, arrays, ConfigRecord(dict(summary.scaling)), grid))
         metrics: MetricRecord | None = strategy.aggregate_evaluate(
-            rnd, list(hooks.exchange(grid, batch, hooks.timeout)))
+            rnd, exchange(grid, batch, hooks))
         if metrics is not None:
             out["federated_eval"] = {k: float(v) for k, v in metrics.items()}
     if hooks.evaluate_fn is not None:

@@ -35,12 +35,13 @@ def main(grid: Grid, context: Context) -> None:
             atomic_write_json(Path(str(out)) / "progress.json", {"history": history})
 
     result = run_federation(grid, cfg, RoundHooks(evaluate_fn=evaluation_hook(context, cfg),
-                                                  on_round=on_round))
+                                                  on_round=on_round, seed=cfg.seed))
     if out:
         save_checkpoint(Path(str(out)), cfg.rounds, result.arrays, {"config": json.loads(
             cfg.to_json())})
         atomic_write_json(Path(str(out)) / "history.json", {
-            "history": result.history, "federated_s": result.seconds})
+            "history": result.history, "federated_s": result.seconds,
+            "scaling": dict(result.summary.scaling)})
 
 
 def evaluation_hook(context: Context, cfg):

@@ -8,7 +8,9 @@ from torch import nn
 
 from medfed.config import TrainConfig
 from medfed.federation.batches import ArrayBatches, MixedPrecision, augmentation, is_image
+from medfed.models import use_generator
 from medfed.models.runtime import make_optimizer, on_device, one_thread_for_tables, pick_device
+from medfed.seeds import derive_seed, deterministic_algorithms, torch_generator, torch_seeded
 
 
 def minibatches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -22,7 +24,8 @@ def _transform(x: np.ndarray, y: np.ndarray, model: nn.Module, cfg: TrainConfig,
     if not is_image(x):
         return None
     roi = getattr(model, "roi_size", None)  # segmentation nets trained on patches
-    return augmentation(cfg.augment, x.ndim - 2, y.ndim == x.ndim, roi, seed)
+    return augmentation(cfg.augment, x.ndim - 2, y.ndim == x.ndim, roi,
+                        derive_seed(seed, "augment"))
 
 
 @one_thread_for_tables
@@ -33,14 +36,24 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, task, cfg: Train
 
     ``x``: (N, ...) float32 inputs already scaled; ``y``: (N,) int labels. With
     ``proximal_mu > 0`` the FedProx term mu/2 * ||w - w_start||^2 is added to the loss.
+    ``seed``: this call's own (the ClientApp derives it from the experiment seed, the site and
+    the round); batch order, augmentation, dropout and modality dropout each draw from a
+    stream derived from it, so the result does not depend on what ran before in the process.
     """
     device = device or pick_device(cfg.device)
     on_device(model, device).train()
     batches = ArrayBatches(x, y, device, _transform(x, y, model, cfg, seed))
-    precision = MixedPrecision(device, cfg.amp)
+    use_generator(model, torch_generator(seed, "model", device=device))
+    with torch_seeded(seed, "dropout"), deterministic_algorithms(device):
+        return _epochs(model, batches, task, cfg, epochs, torch_generator(seed, "batches"),
+                       proximal_mu, MixedPrecision(device, cfg.amp))
+
+
+def _epochs(model: nn.Module, batches: ArrayBatches, task, cfg: TrainConfig, epochs: int,
+            generator: torch.Generator, proximal_mu: float,
+            precision: MixedPrecision) -> dict[str, float]:
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     optimizer = make_optimizer(model, cfg)
-    generator = torch.Generator().manual_seed(seed)
     total, steps = 0.0, 0
     for _ in range(epochs):
         for idx in minibatches(len(batches), cfg.batch_size, generator):

@@ -18,6 +18,7 @@ from torch import nn
 from medfed.config import ExperimentConfig
 from medfed.datasets.base import DataInfo
 from medfed.errors import MedFedError
+from medfed.seeds import torch_seeded
 from medfed.tasks import get_task
 
 # name -> "module:function"; each builder takes (n_features | input_shape, n_outputs, **options)
@@ -75,16 +76,30 @@ def site_state_dict(model: nn.Module, x_train: np.ndarray) -> dict[str, torch.Te
     return model.state_dict()
 
 
+@runtime_checkable
+class DrawingModel(Protocol):
+    """A model that draws in its forward pass beyond ``nn.Dropout`` (e.g. multimodal's
+    modality dropout): it draws from the generator it is given, never a global one."""
+
+    def use_generator(self, generator: torch.Generator) -> None: ...
+
+
+def use_generator(model: nn.Module, generator: torch.Generator) -> None:
+    """Hand ``generator`` to every ``DrawingModel`` inside ``model`` (no-op for the others)."""
+    for module in model.modules():
+        if isinstance(module, DrawingModel):
+            module.use_generator(generator)
+
+
 def for_experiment(cfg: ExperimentConfig, info: DataInfo, seed: int | None = None) -> nn.Module:
     """The experiment's model for data described by ``info``; Opacus-ready under DP-SGD.
 
-    ``seed``: initial weights drawn after ``torch.manual_seed(seed)`` (None: weights that are
-    about to be overwritten, e.g. a site loading the global model).
+    ``seed``: the experiment seed its initial weights are drawn from (purpose "init"; None:
+    weights that are about to be overwritten, e.g. a site loading the global model).
     """
     from medfed.models.dp_compat import maybe_dp_ready
 
-    if seed is not None:
-        torch.manual_seed(seed)
     n_outputs = get_task(info.task).n_outputs(info.n_classes)
-    model = build_model(cfg.model.name, info.input_shape, n_outputs, **cfg.model_options())
-    return maybe_dp_ready(model, cfg.privacy.mode)  # BatchNorm -> GroupNorm etc. for Opacus
+    with torch_seeded(0 if seed is None else seed, "init"):  # layers draw from torch's global
+        model = build_model(cfg.model.name, info.input_shape, n_outputs, **cfg.model_options())
+        return maybe_dp_ready(model, cfg.privacy.mode)  # BatchNorm -> GroupNorm etc. (Opacus)

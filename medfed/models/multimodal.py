@@ -40,11 +40,18 @@ def modality_masks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, -2], x[:, -1]
 
 
-def drop_modalities(has_image: torch.Tensor, has_clinical: torch.Tensor, p: float
+def drop_modalities(has_image: torch.Tensor, has_clinical: torch.Tensor, p: float,
+                    generator: torch.Generator | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hide the image (prob p) or the clinical row (prob p) of patients with both; never both."""
+    """Hide the image (prob p) or the clinical row (prob p) of patients with both; never both.
+
+    ``generator``: where the (N,) uniform draws come from, on the masks' device (None: a
+    fresh one seeded 0; never torch's global generator).
+    """
+    if generator is None:
+        generator = torch.Generator(device=has_image.device).manual_seed(0)
     both = has_image * has_clinical
-    u = torch.rand_like(has_image)
+    u = torch.rand(has_image.shape, generator=generator, device=has_image.device)
     drop_image = both * (u < p).float()
     drop_clinical = both * ((u >= p) & (u < 2 * p)).float()
     return has_image * (1 - drop_image), has_clinical * (1 - drop_clinical)
@@ -73,6 +80,7 @@ class FusionNet(nn.Module):
         self.n_pixels, self.n_clinical = split_layout(n_inputs, self.image_shape)
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         self.modality_dropout = float(modality_dropout)
+        self.generator: torch.Generator | None = None  # set by local training (use_generator)
         if "image" in self.modalities:  # dp=True: GroupNorm, no in-place ops (Opacus-ready)
             self.image = build_model(image_encoder, self.image_shape, embed, dp=True,
                                      **(encoder_options or {}))
@@ -97,12 +105,22 @@ class FusionNet(nn.Module):
         return {k: v for k, v in self.state_dict().items()
                 if k.split(".", 1)[0] not in missing}
 
+    def use_generator(self, generator: torch.Generator) -> None:
+        """Modality dropout draws from ``generator`` (local training: its site's and round's)."""
+        self.generator = generator
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self.generator is None or self.generator.device != device:
+            self.generator = torch.Generator(device=device).manual_seed(0)  # never the global
+        return self.generator
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, P) packed rows -> (N, n_outputs) logits."""
         has_image, has_clinical = modality_masks(x)
         if self.training and self.modality_dropout > 0 and len(self.modalities) == 2:
             has_image, has_clinical = drop_modalities(has_image, has_clinical,
-                                                      self.modality_dropout)
+                                                      self.modality_dropout,
+                                                      self._generator(x.device))
         parts, masks = [], []
         if "image" in self.modalities:
             images = x[:, :self.n_pixels].reshape(len(x), *self.image_shape)

@@ -7,6 +7,7 @@ cannot ghost-clip falls back to hooks (per-sample gradients). The mode used is r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -18,7 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from medfed.config import TrainConfig
+from medfed.errors import MedFedError
+from medfed.models import use_generator
 from medfed.models.runtime import make_optimizer, one_thread_for_tables, pick_device
+from medfed.seeds import deterministic_algorithms, torch_generator, torch_seeded
 
 log = logging.getLogger("medfed.privacy")
 
@@ -56,21 +60,54 @@ class PerSampleLoss(nn.Module):
         return per.sum() if self.reduction == "sum" else per.mean()
 
 
-def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, device: torch.device) -> DataLoader:
+@dataclass
+class Randomness:
+    """Where DP-SGD draws from: Poisson sampling (CPU) and noise (the data's device).
+
+    Simulation (``seed``): streams derived from the call's seed, so a rerun releases the very
+    same update. A real federation (seed None): fresh 64-bit OS entropy every call, never
+    reproducible; ``secure`` hands both to Opacus' cryptographically secure generator.
+    """
+
+    sampling: torch.Generator | None
+    noise: torch.Generator | None
+    secure: bool = False
+
+    @classmethod
+    def of(cls, seed: int | None, device: torch.device, secure: bool = False) -> Randomness:
+        if secure:
+            return cls(None, None, secure=True)
+        if seed is not None:
+            return cls(torch_generator(seed, "dp-sampling"),
+                       torch_generator(seed, "dp-noise", device=device))
+        import secrets
+
+        return cls(torch.Generator().manual_seed(secrets.randbits(64)),
+                   torch.Generator(device=device).manual_seed(secrets.randbits(64)))
+
+
+def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, device: torch.device,
+            generator: torch.Generator | None) -> DataLoader:
     data = TensorDataset(torch.as_tensor(x, device=device), torch.as_tensor(y, device=device))
-    return DataLoader(data, batch_size=batch_size)
+    return DataLoader(data, batch_size=batch_size, generator=generator)  # Poisson draws here
 
 
-def _private(model, optimizer, loader, task, noise, clip, mode, accountant, seed):
+def _engine(accountant: str, secure: bool):
     from opacus import PrivacyEngine
 
-    engine = PrivacyEngine(accountant=accountant)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=loader.dataset.tensors[0].device).manual_seed(seed)
+    try:
+        return PrivacyEngine(accountant=accountant, secure_mode=secure)
+    except ImportError:
+        raise MedFedError("privacy.secure_mode: Opacus' secure generator needs the torchcsprng "
+                          "package; install it, or set privacy.secure_mode: false") from None
+
+
+def _private(model, optimizer, loader, task, noise, clip, mode, accountant,
+             randomness: Randomness):
+    engine = _engine(accountant, randomness.secure)
     kwargs = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
                   max_grad_norm=clip, poisson_sampling=True, grad_sample_mode=mode,
-                  noise_generator=generator)
+                  noise_generator=randomness.noise)
     if mode == "ghost":
         dp_model, dp_opt, criterion, dp_loader = engine.make_private(
             criterion=PerSampleLoss(task), **kwargs)
@@ -117,32 +154,42 @@ def auto_modes(model: nn.Module, device: torch.device) -> list[str]:
     return ["ghost", "hooks"] if has_conv and device.type == "cuda" else ["hooks"]
 
 
+def _dropout_seeded(seed: int | None):
+    """``nn.Dropout`` draws from torch's global generator: seeded for the call in simulation."""
+    return contextlib.nullcontext() if seed is None else torch_seeded(seed, "dropout")
+
+
 @one_thread_for_tables  # tiny tabular models: a second intra-op thread only adds waits
 def train_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, task, cfg: TrainConfig, *,
              noise_multiplier: float, max_grad_norm: float, epochs: int, seed: int | None,
              accountant: str = "rdp", mode: str = "auto",
-             device: torch.device | None = None) -> DPResult:
+             device: torch.device | None = None, secure_mode: bool = False) -> DPResult:
     """Train ``model`` (already DP-ready, see compat) in place with DP-SGD.
 
     ``x``: (N, ...) float32 scaled inputs, ``y``: (N,) labels. Sample rate = 1 / ceil(N /
     batch_size) (Opacus' Poisson loader), ``epochs * ceil(N / batch_size)`` steps.
+    ``seed``: reproducible sampling, noise and dropout (simulation); None: fresh entropy
+    (a real federation, where noise drawn from a known seed could be subtracted).
+    ``secure_mode``: Opacus' cryptographically secure generator (needs torchcsprng).
     """
     device = device or pick_device(cfg.device)
     model.to(device).train()
-    loader = _loader(x, y, cfg.batch_size, device)
     modes = auto_modes(model, device) if mode == "auto" else [mode]
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for i, current in enumerate(modes):
+        randomness = Randomness.of(seed, device, secure_mode)  # a retry redraws the same
+        loader = _loader(x, y, cfg.batch_size, device, randomness.sampling)
+        if seed is not None:
+            use_generator(model, torch_generator(seed, "model", device=device))
         optimizer = make_optimizer(model, cfg)
         dp_model = None
         try:
-            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            with _dropout_seeded(seed), deterministic_algorithms(device), \
+                    warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Opacus' backward-hook and secure-RNG notes
-                if seed is not None:  # Poisson sampling draws from the global generator
-                    torch.manual_seed(seed)
                 engine, dp_model, dp_opt, criterion, dp_loader = _private(
                     model, optimizer, loader, task, noise_multiplier, max_grad_norm, current,
-                    accountant, seed)
+                    accountant, randomness)
                 loss, steps = _epochs(dp_model, dp_opt, criterion, dp_loader, epochs)
         except (NotImplementedError, RuntimeError, ValueError, TypeError) as exc:
             if i + 1 == len(modes):

@@ -15,7 +15,9 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medfed.errors import MedFedError
 from medfed.io import atomic_write_json
@@ -92,36 +94,69 @@ def write_spends(path: Path, site: str, spends: list[Spend]) -> None:
 
 
 def corrupted(path: Path, why: str) -> MedFedError:
-    return MedFedError(f"{path}: privacy ledger is corrupted ({why}); MedFed never resets a "
-                       "ledger: restore this file from a backup (the epsilon it records was "
-                       "really spent), or move it aside only if you accept losing that record")
+    return MedFedError(f"privacy ledger is corrupted ({why})", where=str(path),
+                       fix="MedFed never resets a ledger: restore this file from a backup (the "
+                       "epsilon it records was really spent), or move it aside only if you "
+                       "accept losing that record")
 
 
-def read_spends(path: Path) -> list[Spend]:
+class _SpendRow(BaseModel):
+    """One stored spend, strictly typed (a number in a string is damage, not data)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    run_id: str
+    round: Annotated[int, Field(ge=0)]
+    steps: Annotated[int, Field(ge=0)]
+    sample_rate: Annotated[float, Field(ge=0, le=1)]
+    noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    max_grad_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    epsilon_after: Annotated[float, Field(ge=0)]
+    delta: Annotated[float, Field(gt=0, lt=1)]
+    accountant: str
+    grad_sample_mode: str = ""
+    time: float = 0.0
+
+
+def _read_document(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise corrupted(path, "binary, not JSON text") from None
+    except (OSError, json.JSONDecodeError) as exc:
         raise corrupted(path, f"unreadable JSON: {exc.__class__.__name__}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise corrupted(path, f"not a {FORMAT} file")
+    return data
+
+
+def read_spends(path: Path) -> list[Spend]:
+    """Every spend of a ledger file, checked: format, checksum, then each field's type."""
+    data = _read_document(path)
     rows = data.get("spends")
     if not isinstance(rows, list) or data.get("sha256") != checksum(rows):
         raise corrupted(path, "checksum mismatch: edited or partly written")
-    try:
-        return [Spend(**row) for row in rows]
-    except TypeError as exc:
-        raise corrupted(path, f"bad spend entry: {exc}") from None
+    if not isinstance(data.get("site", ""), str):
+        raise corrupted(path, "'site' is not text")
+    spends = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            spends.append(Spend(**_SpendRow.model_validate(row).model_dump()))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "entry"
+            raise corrupted(path, f"spend {number}: {field!r} {err['msg'].lower()}") from None
+    return spends
 
 
 def open_folder(folder: str | Path) -> dict[str, Ledger]:
     """Every site ledger in ``folder`` by site name (for ``medfed privacy report``)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise MedFedError(f"{folder}: no such ledger folder; pass the privacy/ folder of a run, "
-                          "e.g. --ledger runs/bc/privacy")
+        raise MedFedError("no such ledger folder", where=str(folder),
+                          fix="pass the privacy/ folder of a run, e.g. --ledger runs/bc/privacy")
     ledgers = {}
     for path in sorted(folder.glob("*.json")):
         spends = read_spends(path)
-        site = json.loads(path.read_text()).get("site", path.stem)
+        site = _read_document(path).get("site", path.stem)
         ledgers[site] = Ledger(path, site, spends)
     return ledgers

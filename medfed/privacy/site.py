@@ -106,7 +106,7 @@ def train_round(model: nn.Module, x: np.ndarray, y: np.ndarray, task, cfg: Exper
     result = train_dp(model, x, y, task, cfg.train, noise_multiplier=plan.noise_multiplier,
                       max_grad_norm=cfg.privacy.max_grad_norm, epochs=cfg.train.local_epochs,
                       seed=seed, accountant=plan.accountant, mode=cfg.privacy.grad_sample_mode,
-                      device=device)
+                      device=device, secure_mode=cfg.privacy.secure_mode)
     after = epsilon_of([*ledger.history(), *result.history], plan.delta, plan.accountant)
     ledger = Ledger.open(ledger_dir(context, cfg), site)  # re-read: never overwrite a spend
     for sigma, rate, steps in result.history:

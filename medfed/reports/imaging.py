@@ -1,7 +1,8 @@
 """Report sections for multiclass and segmentation runs (markdown from ``report.json``).
 
 Multiclass: per-class precision/recall/F1 and the confusion matrix of each arm on the pooled
-test set (``metrics.<arm>.details``). Segmentation: mean Dice per site and per label.
+test set (``metrics.<arm>.details``). Segmentation: mean Dice per site and per label, or per
+named region (``regions:wt,tc,et`` runs: whole tumour, tumour core, enhancing tumour).
 """
 
 from __future__ import annotations
@@ -31,19 +32,28 @@ def class_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _column(key: str, regions: bool) -> str:
+    """``dice_3`` -> 'label 3'; a region's ``dice_wt`` -> 'WT'."""
+    name = key.removeprefix("dice_")
+    return name.upper() if regions else f"label {name}"
+
+
 def dice_lines(report: dict[str, Any]) -> list[str]:
-    """Mean Dice per site (rows) for every arm, then per label for each arm."""
+    """Mean Dice per site (rows) for every arm, per label (or region, in the task's order)."""
     arms = [a for a in ARMS if a in report["metrics"]]
     fed = report["metrics"][arms[0]]["pooled"]
-    labels = sorted(k for k in fed if k.startswith("dice_"))
+    regions = report["task"].startswith("regions:")
+    labels = [k for k in fed if k.startswith("dice_")]
+    labels = labels if regions else sorted(labels)
     names = ["pooled"] + [s["name"] for s in report["sites"]]
 
     def row(arm: str, site: str) -> dict:
         m = report["metrics"][arm]
         return m["pooled"] if site == "pooled" else m["per_site"][site]
 
-    lines = ["", "## Dice per site and label (test images)", "",
-             "| site | " + " | ".join(f"{a.replace('_', '-')} {lab.replace('dice_', 'label ')}"
+    what = "region" if regions else "label"
+    lines = ["", f"## Dice per site and {what} (test images)", "",
+             "| site | " + " | ".join(f"{a.replace('_', '-')} {_column(lab, regions)}"
                                     for a in arms for lab in labels) + " |",
              "|---" * (len(arms) * len(labels) + 1) + "|"]
     for site in names:
@@ -56,6 +66,11 @@ def imaging_markdown(report: dict[str, Any]) -> list[str]:
     """Extra markdown lines for multiclass and segmentation reports (none otherwise)."""
     if report["task"] == "segmentation":
         return dice_lines(report)
+    if report["task"].startswith("regions:"):
+        options = report.get("config", {}).get("dataset", {}).get("options", {})
+        mapping = options.get("mask_labels") or {}
+        legend = "; ".join(f"{k.upper()} = mask values {v}" for k, v in mapping.items())
+        return [*dice_lines(report), *(["", f"Regions: {legend}."] if legend else [])]
     if report["task"] == "multiclass":
         return class_lines(report)
     return []

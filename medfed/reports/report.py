@@ -12,9 +12,11 @@ from medfed.config import ExperimentConfig
 from medfed.datasets.base import DataInfo, Site
 from medfed.io import atomic_write_bytes
 from medfed.privacy.report import markdown_lines as privacy_lines
+from medfed.reports.caveats import caveat_lines, cell_note
 from medfed.reports.common import ARMS, fmt
 from medfed.reports.imaging import imaging_markdown
 from medfed.reports.multimodal import multimodal_markdown
+from medfed.reports.stats import harmonisation_lines
 from medfed.reports.task import extra_figures, extra_markdown
 from medfed.tasks import get_task
 
@@ -54,7 +56,8 @@ def comparison_rows(report: dict[str, Any], metric: str) -> list[list[str]]:
     rows = [["pooled", *[fmt(report["metrics"][a]["pooled"].get(metric)) for a in arms]]]
     for site in report["sites"]:
         rows.append([site["name"], *[fmt(report["metrics"][a]["per_site"][site["name"]]
-                                         .get(metric)) for a in arms]])
+                                         .get(metric)) + cell_note(report, a, site["name"])
+                                     for a in arms]])
     return rows
 
 
@@ -69,6 +72,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
             f"seed {cfg['seed']}",
             f"- feature scaling: {report['feature_scaling']}",
             *privacy_lines(report.get("privacy")),
+            *harmonisation_lines(report.get("harmonisation")),  # `medfed stats` flags
             f"- time: {report['timing']['total_s']:.1f} s in all, federated rounds "
             f"{report['timing']['federated_s']:.1f} s", ""]
 
@@ -101,7 +105,8 @@ def _site_lines(report: dict[str, Any]) -> list[str]:
 
 def markdown(report: dict[str, Any]) -> str:
     """report.md: settings, metric tables, sites, then any task/imaging/multimodal sections."""
-    lines = [*_summary_lines(report), *_metric_tables(report), *_site_lines(report),
+    lines = [*_summary_lines(report), *_metric_tables(report), *caveat_lines(report),
+             *_site_lines(report),
              *extra_markdown(report),  # e.g. the sepsis alarm table
              *imaging_markdown(report),  # per-class tables, confusion matrix, Dice per label
              *multimodal_markdown(report)]  # multimodal vs single modality, ablations

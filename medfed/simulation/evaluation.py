@@ -40,12 +40,40 @@ def score_sites(models: dict[str, torch.nn.Module], sites: list[Site], info: Dat
         scores.append(s)
     pooled = clean(task.metrics(np.concatenate(ys), np.concatenate(scores)))
     result = {"pooled": pooled, "per_site": per_site}
+    undefined = undefined_metrics(result, task, dict(zip([s.name for s in sites], ys,
+                                                        strict=True)))
+    if undefined:  # why a metric is null, beside the numbers (they stay numeric or null)
+        result["undefined"] = undefined
     details = task.details(np.concatenate(ys), np.concatenate(scores))
     if details is not None:  # e.g. multiclass: confusion matrix and per-class metrics
         result["details"] = {"pooled": details,
                              "per_site": {site.name: task.details(y, s) for site, y, s in
                                           zip(sites, ys, scores, strict=True)}}
     return result
+
+
+def undefined_metrics(result: dict[str, Any], task, ys: dict[str, np.ndarray]
+                      ) -> dict[str, Any]:
+    """{"pooled": {metric: why}, "per_site": {site: {metric: why}}} for every null metric."""
+    def reasons(metrics: dict[str, Any], y: np.ndarray) -> dict[str, str]:
+        return {name: undefined_reason(name, task, y) for name, value in metrics.items()
+                if value is None}
+
+    pooled = reasons(result["pooled"], np.concatenate(list(ys.values())))
+    per_site = {name: r for name, m in result["per_site"].items() if (r := reasons(m, ys[name]))}
+    return {k: v for k, v in (("pooled", pooled), ("per_site", per_site)) if v}
+
+
+def undefined_reason(metric: str, task, y: np.ndarray) -> str:
+    """One line: why ``metric`` has no value on test labels ``y``."""
+    labels = task.label_summary(y)
+    if task.name == "binary":
+        if metric == "sensitivity":
+            return f"no positive (class 1) row in the test split (labels {labels})"
+        if metric == "specificity":
+            return f"no negative (class 0) row in the test split (labels {labels})"
+        return f"needs both classes; the test split holds one (labels {labels})"
+    return f"undefined on this test split (labels {labels})"
 
 
 def score_one_model(model: torch.nn.Module, sites: list[Site], info: DataInfo,

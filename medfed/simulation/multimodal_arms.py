@@ -66,8 +66,8 @@ def federate(cfg: ExperimentConfig, sites: list[Site], info: DataInfo,
              exclude: set[int] = frozenset()) -> ArrayRecord:
     """Final global arrays of a federation over ``sites`` minus the ``exclude`` indices."""
     from medfed.federation.client_app import app as client_app
-    from medfed.federation.rounds import run_federation
-    from medfed.simulation.engine import InProcessGrid
+    from medfed.federation.rounds import RoundHooks, run_federation
+    from medfed.simulation.engine import SITE_NODE_BASE, InProcessGrid
 
     if exclude:
         cfg = variant(cfg, strategy__min_sites=max(1, min(cfg.strategy.min_sites,
@@ -79,8 +79,8 @@ def federate(cfg: ExperimentConfig, sites: list[Site], info: DataInfo,
             RUN_EXPERIMENT: cfg.to_json(), RUN_ID: f"arm-{uuid.uuid4().hex[:8]}",
             RUN_LEDGER_DIR: ledgers})
         for index in exclude:  # that hospital never joins: its node does not exist
-            del grid.contexts[1000 + index]
-        return run_federation(grid, cfg).arrays
+            del grid.contexts[SITE_NODE_BASE + index]
+        return run_federation(grid, cfg, RoundHooks(seed=cfg.seed)).arrays
 
 
 def multimodal_section(cfg: ExperimentConfig, sites: list[Site], info: DataInfo,

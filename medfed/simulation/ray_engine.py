@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord
 
 from medfed.config import RUN_EVALUATION_HOOK, RUN_EXPERIMENT, RUN_OUTPUT_DIR, ExperimentConfig
 from medfed.errors import MedFedError
@@ -95,6 +95,17 @@ def stop(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def start_superlink(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A simulation SuperLink on loopback ``port`` in its own process group (``stop`` ends
+    it), without runtime dependency installation (it would fetch a CUDA torch)."""
+    with log.open("w") as log_file:
+        return subprocess.Popen(
+            [executable("flower-superlink"), "--insecure", "--simulation", "--isolation",
+             "subprocess", "--host", "127.0.0.1", "--port", str(port),
+             "--disable-runtime-dependency-installation"],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def run_with_ray(cfg: ExperimentConfig, n_sites: int,
                  on_round: Callable[[dict[str, Any]], None] | None = None) -> FederationResult:
     """Run the federation under Flower's Simulation Engine; returns what the in-process
@@ -105,12 +116,7 @@ def run_with_ray(cfg: ExperimentConfig, n_sites: int,
     app_dir, home, out = write_app(work, cfg, port)
     env = simulation_env(home)
     log = work / "superlink.log"
-    with log.open("w") as log_file:
-        link = subprocess.Popen(
-            [executable("flower-superlink"), "--insecure", "--simulation", "--isolation",
-             "subprocess", "--host", "127.0.0.1", "--port", str(port),
-             "--disable-runtime-dependency-installation"],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    link = start_superlink(port, env, log)
     try:
         wait_healthy(port, link, log)
         with (work / "flwr-run.log").open("w") as run_log:
@@ -125,17 +131,10 @@ def run_with_ray(cfg: ExperimentConfig, n_sites: int,
     finally:
         stop(link)
     weights, _ = load_checkpoint(out)
-    history = json.loads((out / "history.json").read_text())["history"]
+    saved = json.loads((out / "history.json").read_text())
     shutil.rmtree(work, ignore_errors=True)
-    summary = FederationSummary(task="", input_shape=(), n_classes=0, scaling=_scaling_of(cfg))
-    return FederationResult(ArrayRecord(weights), history, summary, time.perf_counter() - start)
-
-
-def _scaling_of(cfg: ExperimentConfig):
-    """The federated scaling the server computed equals the pooled moments of the sites."""
-    from medfed.datasets.sites import simulated_federation
-    from medfed.federation.messages import scaling_record
-    from medfed.simulation.baselines import site_scaling
-
-    sites, info = simulated_federation(cfg.to_json())
-    return scaling_record(site_scaling(sites, info))
+    # the scaling the ServerApp computed, not recomputed here: the same bits as in-process
+    summary = FederationSummary(task="", input_shape=(), n_classes=0,
+                                scaling=ConfigRecord(saved.get("scaling", {})))
+    return FederationResult(ArrayRecord(weights), saved["history"], summary,
+                            time.perf_counter() - start)

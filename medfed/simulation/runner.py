@@ -16,6 +16,7 @@ from medfed.datasets.sites import simulated_federation
 from medfed.federation.messages import read_scaling
 from medfed.federation.rounds import FederationResult, RoundHooks, run_federation
 from medfed.models import check_options
+from medfed.models.runtime import pick_device
 from medfed.privacy import simulation as privacy_sim
 from medfed.reports.report import build_report
 from medfed.simulation.baselines import train_baselines
@@ -24,6 +25,7 @@ from medfed.simulation.evaluation import (
     model_from_arrays,
     score_one_model,
 )
+from medfed.simulation.stats import harmonisation_section
 from medfed.simulation.task_report import task_extras
 from medfed.strategies import build_strategy
 
@@ -44,8 +46,10 @@ def check_config(cfg: ExperimentConfig) -> None:
 
 
 def run_federated(cfg: ExperimentConfig, sites: list[Site], info: DataInfo,
-                  on_round: RoundFn | None, extra_run_config: dict | None = None
-                  ) -> FederationResult:
+                  on_round: RoundFn | None, extra_run_config: dict | None = None,
+                  order: list[int] | None = None) -> FederationResult:
+    """The federation over ``sites`` on the configured engine; ``order``: the order in which
+    the in-process engine's sites train (partition indices; the result must not depend on it)."""
     from medfed.federation.client_app import app as client_app
     from medfed.simulation.engine import InProcessGrid
 
@@ -54,9 +58,31 @@ def run_federated(cfg: ExperimentConfig, sites: list[Site], info: DataInfo,
 
         return run_with_ray(cfg, len(sites), on_round)
     grid = InProcessGrid(client_app, len(sites),
-                         {RUN_EXPERIMENT: cfg.to_json(), **(extra_run_config or {})})
+                         {RUN_EXPERIMENT: cfg.to_json(), **(extra_run_config or {})}, order)
     return run_federation(grid, cfg, RoundHooks(evaluate_fn=central_evaluation(cfg),
-                                                on_round=on_round))
+                                                on_round=on_round, seed=cfg.seed))
+
+
+def reproducibility(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``report.json`` -> ``reproducibility``: whether a rerun of this config gives the same
+    numbers, and why (or why not)."""
+    device = pick_device(cfg.train.device)
+    why = [f"every draw comes from seed {cfg.seed} through streams per site, round and "
+           "purpose; replies are aggregated in an order fixed by their content"]
+    deterministic = device.type == "cpu"
+    if deterministic:
+        why.append("CPU with torch.use_deterministic_algorithms(True)")
+    else:
+        why.append(f"{device.type}: GPU kernels with atomic adds may differ in the last bits "
+                   "between runs")
+    if cfg.engine == "ray":
+        why.append("Ray: sites are seeded by name, not by Ray's random node IDs, so scheduling "
+                   "order does not matter")
+    if cfg.privacy.mode == "dp-sgd" and cfg.privacy.secure_mode:
+        deterministic = False
+        why.append("privacy.secure_mode: DP-SGD noise from a cryptographically secure "
+                   "generator, never reproducible")
+    return {"seed": cfg.seed, "deterministic": deterministic, "why": "; ".join(why)}
 
 
 def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> SimulationResult:
@@ -73,8 +99,10 @@ def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> Si
     timing = {"total_s": time.perf_counter() - start, "federated_s": fed.seconds}
     description = get_dataset(cfg.dataset.name).description
     report = build_report(cfg, info, sites, metrics, fed.history, timing, description)
+    report["reproducibility"] = reproducibility(cfg)
     report["privacy"] = privacy_sim.section(cfg, privacy, sites, fed.history,
                                             baselines.accounting)
+    report["harmonisation"] = harmonisation_section(cfg)  # `medfed stats` flags, for the header
     extras = task_extras(cfg, info, sites, fed.arrays, fed.summary.scaling)
     if extras is not None:  # e.g. the sepsis alarm table
         report["task_report"] = extras

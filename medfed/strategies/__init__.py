@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import (
 )
 
 from medfed.config import StrategyConfig
-from medfed.errors import MedFedError
+from medfed.errors import MedFedError, warn
 from medfed.strategies.partial import FedAvgPartial
 
 STRATEGIES: dict[str, type[FedAvg]] = {
@@ -69,6 +69,12 @@ def build_strategy(cfg: StrategyConfig, n_sites: int) -> Strategy:
     """Instantiate Flower's strategy ``cfg.name`` with the YAML's extra keys as arguments."""
     allowed = strategy_params(cfg.name)
     options: dict[str, Any] = dict(cfg.model_extra or {})
+    foreign = sorted(k for k in set(options) - set(allowed)
+                     if any(k in strategy_params(other) for other in STRATEGIES))
+    if foreign:  # e.g. fedadam's eta after `--set strategy.name=fedavg`
+        warn(f"strategy option(s) {foreign} belong to another strategy; dropped",
+             where=f"strategy {cfg.name!r}", fix=f"{cfg.name} takes {allowed}")
+        options = {k: v for k, v in options.items() if k not in foreign}
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise MedFedError(f"strategy: unknown option(s) {unknown} for {cfg.name!r}; "

@@ -18,12 +18,17 @@ TASKS: dict[str, str] = {
     "survival": "medfed.tasks.survival:SurvivalTask",
     "timeseries": "medfed.tasks.timeseries:TimeSeriesTask",
     "segmentation": "medfed.tasks.segmentation:SegmentationTask",
+    "regions": "medfed.tasks.segmentation:RegionSegmentationTask",  # "regions:wt,tc,et"
 }
 
 
 @cache
 def get_task(name: str) -> Task:
-    if name not in TASKS:
+    """The task ``name``; ``base:argument`` names a parameterised task (e.g. the regions of
+    ``regions:wt,tc,et``), built by its class's ``with_argument``."""
+    base, _, argument = name.partition(":")
+    if base not in TASKS:
         raise MedFedError(f"task {name!r} is not supported; supported: {', '.join(TASKS)}")
-    module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    module, cls = TASKS[base].split(":")
+    task_class = getattr(importlib.import_module(module), cls)
+    return task_class.with_argument(argument) if argument else task_class()

@@ -15,6 +15,7 @@ from functools import cached_property
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medfed.tasks.base import BaseTask
 
@@ -109,3 +110,70 @@ class SegmentationTask(BaseTask):
         if len(y) == 0 or np.max(y) == 0:
             return "no foreground voxels in its training masks"
         return None
+
+
+def region_dice(y: np.ndarray, pred: np.ndarray, regions: tuple[str, ...]) -> dict[str, float]:
+    """``dice_<region>`` (mean over images with the region in mask or prediction) for each
+    region channel of (N, R, *spatial) binary masks, and ``dice`` (their mean)."""
+    out: dict[str, float] = {}
+    for r, name in enumerate(regions):
+        scores = dice_per_image(np.asarray(y)[:, r], np.asarray(pred)[:, r], 1)
+        out[f"dice_{name}"] = float(np.nanmean(scores)) if np.isfinite(scores).any() else math.nan
+    finite = [v for v in out.values() if not math.isnan(v)]
+    return {"dice": float(np.mean(finite)) if finite else math.nan, **out}
+
+
+@dataclass(frozen=True)
+class RegionSegmentationTask(SegmentationTask):
+    """One sigmoid output per named region; regions may overlap (e.g. BraTS whole tumour ⊃
+    tumour core ⊃ enhancing tumour). ``y``: (N, R, *spatial) 0/1. The task's name carries the
+    region names (``regions:wt,tc,et``), so metrics are ``dice_wt``, ``dice_tc``, ...
+
+    Loss: MONAI DiceLoss with sigmoid (Dice over the batch, per region channel) + binary
+    cross-entropy per voxel and region.
+    """
+
+    regions_text: str = ""
+    name: str = "regions"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", f"regions:{self.regions_text}")
+
+    @classmethod
+    def with_argument(cls, regions: str) -> RegionSegmentationTask:
+        """The task of ``regions:<regions>`` (region names, comma-separated)."""
+        return cls(regions_text=regions)
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return tuple(r for r in self.regions_text.split(",") if r)
+
+    @cached_property
+    def _loss(self):
+        from monai.losses import DiceLoss
+
+        # Dice over the batch per region: an image without ET (a non-enhancing tumour) would
+        # otherwise score Dice 0 however right its prediction
+        return DiceLoss(sigmoid=True, include_background=True, batch=True)
+
+    def n_outputs(self, n_classes: int) -> int:
+        return len(self.regions)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # binary cross-entropy per region (MONAI's DiceCELoss would softmax across regions,
+        # wrong for nested ones)
+        logits, target = logits.float(), y.float()
+        return self._loss(logits, target) + F.binary_cross_entropy_with_logits(logits, target)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits > 0).to(torch.uint8)  # sigmoid(logit) > 0.5
+
+    def metrics(self, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+        return region_dice(y, scores, self.regions)
+
+    def label_summary(self, y: np.ndarray) -> dict[str, int]:
+        """Images, and per region the number of images that contain it."""
+        n = len(y)
+        flat = np.asarray(y).reshape(n, len(self.regions), -1).max(axis=2)
+        return {"images": n, **{f"with_{name}": int(flat[:, r].sum())
+                                for r, name in enumerate(self.regions)}}

@@ -5,7 +5,8 @@ positive hour (class weighting for ~1-2 % positive hours). Per hour: AUROC and A
 stay, an alarm policy turns the hourly scores into alarms (see ``stay_alarms``) and reports
 alarms per 100 patient-hours, the share of hours in alarm, the PPV of alarms and the share of
 septic stays warned 0-``horizon`` h before onset. Onset = first positive hour + ``lead`` (the
-challenge labels hours from 6 h before onset).
+challenge labels hours from 6 h before onset). The challenge's own score, the normalized
+utility (``normalized_utility``), judges the hourly alarms (score >= threshold) of every stay.
 """
 
 from __future__ import annotations
@@ -24,6 +25,67 @@ from medfed.tasks.metrics import binary_metrics, clean
 POLICY = {"threshold": 0.5, "dwell": 2, "cooldown": 6, "horizon": 12, "lead": 6,
           "thresholds": [0.3, 0.5, 0.7, 0.8, 0.9, 0.95]}
 ALARM_METRICS = ("alarms_per_100h", "hours_in_alarm", "alarm_ppv", "septic_warned")
+
+# PhysioNet/CinC 2019 utility (evaluate_sepsis_score.py): hours relative to onset t_sepsis
+DT_EARLY, DT_OPTIMAL, DT_LATE = -12, -6, 3
+MAX_U_TP, MIN_U_FN, U_FP, U_TN = 1.0, -2.0, -0.05, 0.0
+_M1 = MAX_U_TP / (DT_OPTIMAL - DT_EARLY)  # early true alarm: 0 at -12 h rising to 1 at -6 h
+_M2 = -MAX_U_TP / (DT_LATE - DT_OPTIMAL)  # late true alarm: 1 at -6 h falling to 0 at +3 h
+_M3 = MIN_U_FN / (DT_LATE - DT_OPTIMAL)  # missed: 0 at -6 h falling to -2 at +3 h
+
+
+def stay_utility(labels: np.ndarray, alarms: np.ndarray) -> float:
+    """The challenge's utility of one stay: ``labels`` and binary ``alarms`` (T,), hour order.
+
+    Septic stays (any label 1): onset t_sepsis = first labelled hour + 6; an alarm at hour t
+    earns max((t - t_sepsis + 12) / 6, -0.05) up to 6 h before onset, then falls linearly to
+    0 at 3 h after; a missed hour after -6 h costs down to -2 at +3 h; hours after +3 h count 0.
+    Other stays: -0.05 per alarm hour.
+    """
+    labels, alarms = np.asarray(labels) > 0, np.asarray(alarms) > 0
+    if not labels.any():
+        return float(np.where(alarms, U_FP, U_TN).sum())
+    d = np.arange(len(labels)) - (np.argmax(labels) - DT_OPTIMAL)
+    early = d <= DT_OPTIMAL
+    hit = np.where(early, np.maximum(_M1 * (d - DT_EARLY), U_FP), _M2 * (d - DT_LATE))
+    miss = np.where(early, 0.0, _M3 * (d - DT_OPTIMAL))
+    return float(np.where(d > DT_LATE, 0.0, np.where(alarms, hit, miss)).sum())
+
+
+def best_alarms(labels: np.ndarray) -> np.ndarray:
+    """The best possible alarms of a stay: 12 h before to 3 h after onset (septic only)."""
+    labels = np.asarray(labels) > 0
+    best = np.zeros(len(labels), dtype=bool)
+    if labels.any():
+        onset = int(np.argmax(labels)) - DT_OPTIMAL
+        best[max(0, onset + DT_EARLY):onset + DT_LATE + 1] = True
+    return best
+
+
+def utility_sums(y: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """(observed, best, inaction) utility summed over stays. Sums of stays add up, so sites can
+    send theirs and the federation's utility is computed without pooling a row."""
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    scores = np.asarray(scores)
+    total = np.zeros(3)
+    for rows in stays_of(y):
+        label = y[rows, 0]
+        total += (stay_utility(label, scores[rows] >= threshold),
+                  stay_utility(label, best_alarms(label)),
+                  stay_utility(label, np.zeros(len(rows))))
+    return total
+
+
+def normalized_utility(y: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """The challenge score: (observed - inaction) / (best - inaction) over all stays of ``y``
+    (1 = perfect, 0 = never alarming, negative = worse than silence); NaN without septic
+    stays. ``y`` is (N, 4) as the task's, ``scores`` (N,)."""
+    return utility_from_sums(utility_sums(y, scores, threshold))
+
+
+def utility_from_sums(sums: np.ndarray) -> float:
+    observed, best, inaction = sums
+    return (observed - inaction) / (best - inaction) if best != inaction else math.nan
 
 
 def stay_alarms(scores: np.ndarray, threshold: float, dwell: int = 1,
@@ -105,6 +167,7 @@ def alarm_table(y: np.ndarray, scores: np.ndarray, options: dict[str, Any] | Non
     for threshold in policy["thresholds"]:
         hourly = binary_metrics(y[:, 0], scores, threshold)
         rows.append(clean({"threshold": float(threshold),
+                           "utility": normalized_utility(y, scores, threshold),
                            "hour_sensitivity": hourly["sensitivity"],
                            "hour_precision": _precision(y[:, 0], scores, threshold),
                            **alarm_summary(y, scores, threshold, policy["dwell"],
@@ -132,7 +195,7 @@ class TimeSeriesTask(BaseTask):
     name: str = "timeseries"
     has_report_section: bool = True  # the alarm table and the precision-recall plot
     primary_metric: str = "auprc"
-    metric_names: tuple[str, ...] = ("auroc", "auprc", *ALARM_METRICS)
+    metric_names: tuple[str, ...] = ("auroc", "auprc", "utility", *ALARM_METRICS)
 
     def n_outputs(self, n_classes: int) -> int:
         return 1
@@ -150,6 +213,7 @@ class TimeSeriesTask(BaseTask):
         hourly = binary_metrics(y[:, 0], scores)
         policy = POLICY
         return {"auroc": hourly["auroc"], "auprc": hourly["auprc"],
+                "utility": normalized_utility(y, np.asarray(scores), policy["threshold"]),
                 **alarm_summary(y, np.asarray(scores), policy["threshold"], policy["dwell"],
                                 policy["cooldown"], policy["horizon"], policy["lead"])}
 
@@ -195,10 +259,15 @@ def alarm_markdown(table: dict[str, Any]) -> list[str]:
              f"True alarm: a septic stay, no earlier than {p['horizon']} h before onset "
              f"(onset = first labelled hour + {p['lead']} h). Warned: an alarm 0-"
              f"{p['horizon']} h before onset.", "",
-             "| threshold | alarms / 100 h | hours in alarm | alarm PPV | septic stays warned "
-             "| hourly sensitivity | hourly precision |", "|---|---|---|---|---|---|---|"]
+             "Utility: the PhysioNet/CinC 2019 challenge score of the hourly alarms (score at or "
+             "above the threshold), normalized per the challenge: 1 = every septic stay alarmed "
+             "12 h to 3 h around onset and no false alarm, 0 = no alarm ever, below 0 = worse "
+             "than silence.", "",
+             "| threshold | utility | alarms / 100 h | hours in alarm | alarm PPV | septic stays "
+             "warned | hourly sensitivity | hourly precision |", "|---" * 8 + "|"]
     for r in table["rows"]:
-        lines.append(f"| {r['threshold']:.2f} | {_fmt(r['alarms_per_100h'])} | "
+        lines.append(f"| {r['threshold']:.2f} | {_fmt(r.get('utility'))} | "
+                     f"{_fmt(r['alarms_per_100h'])} | "
                      f"{_fmt(r['hours_in_alarm'], True)} | {_fmt(r['alarm_ppv'], True)} | "
                      f"{_fmt(r['septic_warned'], True)} | {_fmt(r['hour_sensitivity'], True)} | "
                      f"{_fmt(r['hour_precision'], True)} |")

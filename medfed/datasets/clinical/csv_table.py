@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medfed.datasets.base import Dataset, TableDataset
+from medfed.datasets.files import check_table_size
 from medfed.datasets.site_folder import table_file
 from medfed.errors import MedFedError
 
@@ -25,7 +26,9 @@ from medfed.errors import MedFedError
 def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise MedFedError(f"{path}: CSV file not found; set dataset.options.path to your export")
+        raise MedFedError("CSV file not found", where=str(path),
+                          fix="set dataset.options.path to your export")
+    check_table_size(path)
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
@@ -61,6 +64,7 @@ def load(path: str, label: str = "label", site_column: str | None = None,
                               f"{list(frame.columns)} (set dataset.options accordingly)")
     ignored = {label, site_column, *(drop_columns or [])}
     columns = features or [c for c in frame.columns if c not in ignored]
+    check_feature_columns(frame, columns, categorical or [], path)
     n_before = len(frame)
     frame = frame.dropna(subset=[*columns, label])
     if frame.empty:
@@ -78,6 +82,36 @@ def load(path: str, label: str = "label", site_column: str | None = None,
         groups=groups, class_names=class_names,
         source=f"{path} ({n_before - len(frame)} rows with missing values dropped)",
     )
+
+
+def check_feature_columns(frame: pd.DataFrame, columns: list[str], categorical: list[str],
+                          path: str | Path) -> None:
+    """Refuse a column empty in every row, and a mostly numeric column with a few non-numbers
+    (``n/a (lab down)``, ``#VALUE!``): it would silently become hundreds of one-hot inputs."""
+    empty = [c for c in columns if frame[c].isna().all()]
+    if empty:
+        raise MedFedError(f"column(s) {empty} empty in every row", where=str(path),
+                          fix="fill them, or list them in dataset.options.drop_columns")
+    for column in columns:
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values) and np.isinf(values).any():
+            rows = ", ".join(str(i + 1) for i in values.index[np.isinf(values)][:5])
+            raise MedFedError(f"column {column!r} holds infinite values (rows {rows})",
+                              where=str(path), fix="leave those cells empty (missing) or "
+                              "correct them")
+        if column in categorical or pd.api.types.is_numeric_dtype(values):
+            continue
+        present = values.dropna()
+        numbers = pd.to_numeric(present, errors="coerce")
+        if len(present) and numbers.notna().mean() >= 0.5:
+            bad = numbers.index[numbers.isna()]
+            shown = ", ".join(f"row {i + 1} {present[i]!r}" for i in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise MedFedError(f"numeric column {column!r} holds {len(bad)} non-number(s): "
+                              f"{shown}{more}", where=str(path),
+                              fix="leave those cells empty (missing) or correct them; list "
+                              "the column in dataset.options.categorical only if it is a "
+                              "category")
 
 
 def load_site(path: Path, options: dict[str, Any], *, test_fraction: float,

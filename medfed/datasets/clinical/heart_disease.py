@@ -3,7 +3,10 @@
 Files: ``processed.<centre>.data`` (no header, ``?`` for missing, ``num`` 0-4). Preprocessing
 follows FLamby's Fed-Heart-Disease so results compare with that benchmark: drop slope, ca and
 thal, drop rows with a missing value, one-hot chest-pain type and resting ECG, label
-``num > 0``, and a per-hospital stratified 66/34 train/test split with seed 43.
+``num > 0``, and a per-hospital 66/34 train/test split with seed 43, stratified when each class
+has 3+ patients. On the real files that gives train/test 199/104 (Cleveland), 172/89
+(Hungary), 30/16 (Switzerland: 45 with disease, 1 without, so a random split that leaves
+the one negative in test) and 85/45 (VA), FLamby's sizes.
 
 A real hospital's folder holds ONE such table (``load_site``): the UCI format, or a CSV whose
 header names the 14 columns; same preprocessing and 66/34 split as in simulation.
@@ -66,9 +69,16 @@ def preprocess(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return frame.to_numpy(np.float32), y, list(frame.columns)
 
 
-def load(centres: list[str] | None = None) -> TableDataset:
-    from sklearn.model_selection import train_test_split
+def flamby_split(y: np.ndarray, where: str) -> np.ndarray:
+    """Train rows of one hospital: FLamby's 66/34 split with seed 43, stratified only when
+    each class has 3+ patients (Switzerland, 45 with disease and 1 without, is not)."""
+    train, _ = split_rows(np.arange(len(y)), y, TEST_FRACTION, SPLIT_SEED, "binary",
+                          min_rows=MIN_SITE_ROWS, min_class_rows=3, where=where,
+                          fix="this hospital needs more patients with all 13 features")
+    return train
 
+
+def load(centres: list[str] | None = None) -> TableDataset:
     names = centres or list(CENTRES)
     unknown = sorted(set(names) - set(CENTRES))
     if unknown:
@@ -80,11 +90,7 @@ def load(centres: list[str] | None = None) -> TableDataset:
         filename, sha = CENTRES[centre]
         x, y, feature_names = preprocess(read_centre(ensure_file("heart-disease", filename,
                                                                  URL + filename, sha)))
-        _, counts = np.unique(y, return_counts=True)
-        stratify = y if len(counts) > 1 and counts.min() > 2 else None  # as FLamby does
-        idx_train, _ = train_test_split(np.arange(len(y)), test_size=TEST_FRACTION,
-                                        train_size=1 - TEST_FRACTION, random_state=SPLIT_SEED,
-                                        shuffle=True, stratify=stratify)
+        idx_train = flamby_split(y, f"heart-disease site {centre!r}, {filename}")
         xs.append(x), ys.append(y), splits.append(split_column(len(y), idx_train))
         groups.append(np.full(len(y), centre, dtype=object))
     return TableDataset(
@@ -122,8 +128,7 @@ def load_site(path: Path, options: dict[str, Any], *, test_fraction: float,
     x, y, features = preprocess(read_site_table(path))
     if len(y) == 0:
         raise MedFedError(f"{path}: every row has a missing value; no patient left to train on")
-    train, _ = split_rows(np.arange(len(y)), y, TEST_FRACTION, SPLIT_SEED, "binary",
-                          min_rows=MIN_SITE_ROWS, where=str(path))
+    train = flamby_split(y, str(path))
     return TableDataset(name=path.stem, task="binary", x=x, y=y, feature_names=features,
                         split=split_column(len(y), train),
                         class_names=["no disease", "disease"], source=str(path))

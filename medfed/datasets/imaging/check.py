@@ -23,6 +23,7 @@ from medfed.datasets.imaging.manifest import (
     manifest_rows,
     read_manifest,
 )
+from medfed.datasets.imaging.study import grid_note
 from medfed.datasets.imaging.volume import load_image, load_mask
 from medfed.errors import MedFedError
 
@@ -35,6 +36,9 @@ FIXES = {
     "geometry": "re-export the whole series with its geometry tags (no missing slices)",
     "mask_shape": "export the mask on the image's grid (same shape)",
     "mask_geometry": "resample the mask onto the image grid, or pair it with the right image",
+    "annotation": "fix the polygon JSON (annotations with label_type polygon and [[x, y], ...] "
+                  "vertices on the image's pixel grid), or the mask_category",
+    "channels": "give every row the same sequences (image_<name> columns or ;-lists)",
     "label": "correct the label, or add it to labels.txt if it is a valid class",
     "split": "keep each patient's rows in one split (train or test)",
     "patient": "fill in patient_id for every row",
@@ -68,6 +72,12 @@ class CheckResult:
     def lines(self) -> list[str]:
         return [p.line() for p in self.problems]
 
+    def warnings(self) -> list[str]:
+        """Readable rows MedFed uses with care (e.g. a tilted series: resampled only), each
+        with its fix; they do not fail the check."""
+        return [f"row {s['row']}: warning: {note}" for s in self.samples
+                for note in s.get("warnings", [])]
+
 
 def _short(message: str, site_dir: Path) -> str:
     """Paths relative to the site folder keep each line readable."""
@@ -79,8 +89,9 @@ def check_site(site_dir: Path, labels: list[str] | None = None, label_column: st
     """Check an imaging site folder (``manifest.csv``) or a clinical CSV site folder."""
     site_dir = Path(site_dir)
     if not site_dir.is_dir():
-        raise MedFedError(f"{site_dir}: site folder not found; give the folder that holds "
-                          f"{MANIFEST} (imaging) or your CSV export (clinical)")
+        raise MedFedError("site folder not found", where=str(site_dir),
+                          fix=f"give the folder that holds {MANIFEST} (imaging) or your CSV "
+                          "export (clinical)")
     if not (site_dir / MANIFEST).is_file() and csv_files(site_dir):
         return check_csv_site(site_dir, labels, label_column)
     frame = read_manifest(site_dir, label_column)
@@ -93,9 +104,20 @@ def check_site(site_dir: Path, labels: list[str] | None = None, label_column: st
             result.problems.append(problem)
         if progress:
             progress(i + 1, len(rows))
-    result.problems += split_problems(rows)
+    result.problems += split_problems(rows) + channel_problems(rows)
     result.summary = imaging_summary(rows, result.samples, frame, label_column)
+    for sample in result.samples:
+        sample["warnings"] = [_short(w, site_dir) for w in sample.get("warnings", [])]
     return result
+
+
+def channel_problems(rows: list[Row]) -> list[Problem]:
+    """Every study must have the first row's number of sequences (channels)."""
+    if not rows:
+        return []
+    expected = len(rows[0].channels)
+    return [Problem(r.number, "channels", f"{len(r.channels)} image(s) where row 1 has "
+                    f"{expected}") for r in rows if len(r.channels) != expected]
 
 
 def check_row(row: Row, allowed: list[str] | None, has_labels: bool,
@@ -115,25 +137,42 @@ def check_row(row: Row, allowed: list[str] | None, has_labels: bool,
     if row.image is None:
         problems.append(Problem(row.number, "missing", "no image path"))
         return problems
-    if not row.image.exists():
-        problems.append(Problem(row.number, "missing", f"{row.image}: file not found"))
+    missing = [p for p in (row.images or [row.image]) if not p.exists()]
+    if missing:
+        problems += [Problem(row.number, "missing", f"{p}: file not found") for p in missing]
         return problems
     try:
-        volume = load_image(row.image, row.series_uid, row.volume_index)
+        volumes = [load_image(p, row.series_uid, row.volume_index)
+                   for p in row.images or [row.image]]
     except DicomProblem as exc:
         problems.append(Problem(row.number, exc.kind, str(exc)))
         return problems
+    volume = volumes[0]
     sample = {"row": row.number, "label": row.label, "shape": volume.shape,
               "spacing": tuple(round(s, 2) for s in volume.spacing), "modality": volume.modality,
-              "format": volume.fmt, "orientation": volume.orientation, "mask_labels": None}
+              "format": volume.fmt, "orientation": volume.orientation, "mask_labels": None,
+              "channels": len(volumes)}
     if row.mask is not None:
         try:
-            mask = load_mask(row.mask, volume)
+            mask = load_mask(row.mask, volume, row.mask_category)
             sample["mask_labels"] = sorted(int(v) for v in set(mask.ravel().tolist()))
         except DicomProblem as exc:
             problems.append(Problem(row.number, exc.kind, str(exc)))
+    sample["warnings"] = study_warnings(volumes, row.channels)
     samples.append(sample)
     return problems
+
+
+def study_warnings(volumes: list, names: list[str]) -> list[str]:
+    """Each volume's notes (irregular geometry, SEG attributes) and a channel grid mismatch."""
+    notes = [note for volume in volumes for note in volume.notes]
+    if len(volumes) > 1:
+        names = names if len(names) == len(volumes) else [str(i) for i in range(len(volumes))]
+        mismatch = grid_note(volumes, names)
+        if mismatch:
+            notes.append(f"{mismatch}; set dataset.options.spacing so MedFed resamples every "
+                         "sequence onto the first one's grid (or re-export them co-registered)")
+    return notes
 
 
 def split_problems(rows: list[Row]) -> list[Problem]:
@@ -165,6 +204,8 @@ def imaging_summary(rows: list[Row], samples: list[dict], frame: pd.DataFrame,
         "spacings": {"x".join(map(str, k)): v
                      for k, v in Counter(s["spacing"] for s in samples).items()},
         "masks": sum(1 for r in rows if r.mask is not None),
+        "channels": dict(Counter(s.get("channels", 1) for s in samples)),
+        "warnings": sum(len(s.get("warnings", [])) for s in samples),
         "splits": dict(Counter(r.split or "auto" for r in rows)),
     }
 
@@ -188,7 +229,10 @@ def clinical_csv(site_dir: Path) -> Path:
 def check_csv_site(site_dir: Path, labels: list[str] | None = None,
                    label_column: str = "label") -> CheckResult:
     """A clinical CSV site: label column present and valid, no duplicate patients or leaks."""
+    from medfed.datasets.files import check_table_size
+
     path = clinical_csv(site_dir)
+    check_table_size(path)
     result = CheckResult(Path(site_dir), "csv")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=["", "?", "NA"])

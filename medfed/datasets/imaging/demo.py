@@ -9,6 +9,7 @@ and the manifest so a test can prove none of them leaves the site.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 from collections.abc import Callable
@@ -62,24 +63,27 @@ def phantom(shape: tuple[int, ...], n_lesions: int, rng: np.random.Generator,
     return image.astype(np.float32), mask
 
 
-def _uid() -> str:
+def _uid(*keys: object) -> str:
+    """A UID derived from ``keys`` (pydicom hashes them): the same demo data, the same UIDs."""
     from pydicom.uid import generate_uid
 
-    return str(generate_uid())
+    return str(generate_uid(entropy_srcs=[str(k) for k in keys]))
 
 
 def dicom_slices(image: np.ndarray, site: int, number: int, spacing: float, slope: float,
-                 age: int, sex: str) -> list:
-    """One CT Image Storage dataset per slice of ``image`` (slices, rows, cols) in HU."""
+                 age: int, sex: str, seed: int = 0) -> list:
+    """One CT Image Storage dataset per slice of ``image`` (slices, rows, cols) in HU; UIDs
+    derived from ``seed``, the patient and the pixels."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-    study, series, frame = _uid(), _uid(), _uid()
     intercept = -1024.0
     stored = np.clip(np.rint((image - intercept) / slope), 0, 65535).astype(np.uint16)
+    key = (seed, site, number, hashlib.sha256(stored.tobytes()).hexdigest())
+    study, series, frame = _uid(*key, "study"), _uid(*key, "series"), _uid(*key, "frame")
     slices = []
     for k in range(stored.shape[0]):
-        sop = _uid()
+        sop = _uid(*key, "slice", k)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = sop
@@ -126,11 +130,33 @@ def dicom_seg(slices: list, mask: np.ndarray) -> bytes:
     seg = hd.seg.Segmentation(
         source_images=slices, pixel_array=mask.astype(bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description], series_instance_uid=_uid(), series_number=100,
-        sop_instance_uid=_uid(), instance_number=1, manufacturer="MedFed demo",
-        manufacturer_model_name="phantom", software_versions="1", device_serial_number="0",
-        omit_empty_frames=True)
+        segment_descriptions=[description], series_number=100,
+        series_instance_uid=_uid(slices[0].SeriesInstanceUID, "seg-series"),
+        sop_instance_uid=_uid(slices[0].SeriesInstanceUID, "seg"), instance_number=1,
+        manufacturer="MedFed demo", manufacturer_model_name="phantom", software_versions="1",
+        device_serial_number="0", omit_empty_frames=True)
+    _fixed_time(seg, slices[0])
     return _dicom_bytes(seg)
+
+
+def _fixed_time(seg, source) -> None:
+    """The source's study date and time instead of "now" (same seed, same bytes), and the
+    dimension organisation UID highdicom draws at random, derived from the source's series."""
+    for tag in ("ContentDate", "SeriesDate", "InstanceCreationDate"):
+        if tag in seg:
+            setattr(seg, tag, source.StudyDate)
+    for tag in ("ContentTime", "SeriesTime", "InstanceCreationTime"):
+        if tag in seg:
+            setattr(seg, tag, source.StudyTime)
+    drawn = {str(item.DimensionOrganizationUID) for item in
+             seg.get("DimensionOrganizationSequence", [])}
+    fixed = {uid: _uid(source.SeriesInstanceUID, "dimensions", i)
+             for i, uid in enumerate(sorted(drawn))}
+    for element in seg.iterall():
+        if element.keyword == "DimensionOrganizationUID" and str(element.value) in fixed:
+            element.value = fixed[str(element.value)]
+        elif element.keyword == "ContributionDateTime":
+            element.value = f"{source.StudyDate}{source.StudyTime}"
 
 
 def _gz(image: nib.Nifti1Image) -> bytes:
@@ -140,8 +166,9 @@ def _gz(image: nib.Nifti1Image) -> bytes:
 
 
 def _write_patient(site_dir: Path, site: int, number: int, image: np.ndarray, mask: np.ndarray,
-                   fmt: str, with_mask: bool, age: int, sex: str) -> dict:
-    """Files of one patient; returns its manifest cells (paths relative to ``site_dir``)."""
+                   fmt: str, with_mask: bool, age: int, sex: str, seed: int = 0) -> dict:
+    """Files of one patient; returns its manifest cells (paths relative to ``site_dir``).
+    DICOM UIDs, and so file names, are derived from ``seed``: rerunning gives the same files."""
     pid = patient_id(site, number)
     spacing, slope = PIXEL_SPACING[(site - 1) % 4], SLOPES[(site - 1) % 4]
     folder = Path("images") / pid
@@ -159,7 +186,7 @@ def _write_patient(site_dir: Path, site: int, number: int, image: np.ndarray, ma
             cells["mask"] = str(folder / "mask.nii.gz")
         return cells
     volume = image if image.ndim == 3 else image[None]
-    slices = dicom_slices(volume, site, number, spacing, slope, age, sex)
+    slices = dicom_slices(volume, site, number, spacing, slope, age, sex, seed)
     names = [f"IM{random.Random(ds.SOPInstanceUID).randrange(10**6):06d}.dcm" for ds in slices]
     for ds, name in zip(slices, names, strict=True):
         atomic_write_bytes(site_dir / folder / "series" / name, _dicom_bytes(ds))
@@ -229,7 +256,7 @@ def write_demo_sites(out: Path, sites: int = 3, task: str = "classification",
             image, mask = phantom(shape, n_lesions, rng, noise_hu=8.0 + 4.0 * site)
             age, sex = int(rng.integers(30, 85)), "F" if rng.random() < 0.5 else "M"
             cells = _write_patient(site_dir, site, number, image, mask, fmt,
-                                   task == "segmentation", age, sex)
+                                   task == "segmentation", age, sex, seed)
             records.append({"patient_id": patient_id(site, number), "image": cells["image"],
                             **({"label": label} if task == "classification" else
                                {"mask": cells["mask"]}),

@@ -17,6 +17,12 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from medfed.datasets.imaging.geometry import (
+    TILT_TOLERANCE_DEG,
+    GeometryProblem,
+    irregular_geometry,
+    tilt_degrees,
+)
 from medfed.errors import MedFedError
 
 # CT window presets: name -> (level, width) in HU
@@ -53,6 +59,12 @@ class DicomImage:
     series_uid: str
     sop_uids: list[str] = field(default_factory=list)
     has_geometry: bool = True
+    # each slice's own origin (S, 3) LPS mm, and what makes the stack irregular ('' if
+    # nothing: e.g. gantry tilt, uneven gaps); an irregular stack is resampled, never used as is
+    positions: np.ndarray | None = None
+    irregular: str = ""
+    orientation: np.ndarray | None = None
+    pixel_spacing: tuple[float, float] = (1.0, 1.0)
 
     @property
     def spacing(self) -> tuple[float, ...]:
@@ -184,15 +196,19 @@ def _slice_thickness(ds: pydicom.Dataset) -> float:
 
 
 def _affine(iop: np.ndarray | None, origin: np.ndarray | None, pixel_spacing: tuple[float, float],
-            slice_step: float) -> tuple[np.ndarray, bool]:
-    """Voxel (col, row, slice) -> RAS; DICOM patient space is LPS, hence the sign flip."""
+            slice_step: float, slice_vector: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """Voxel (col, row, slice) -> RAS; DICOM patient space is LPS, hence the sign flip.
+
+    ``slice_vector`` (LPS mm from one slice to the next) replaces normal x ``slice_step`` for
+    a sheared (gantry-tilted) stack."""
     if iop is None or origin is None:
         return np.diag([pixel_spacing[1], pixel_spacing[0], slice_step, 1.0]), False
     row_dir, col_dir = iop[:3], iop[3:]
     lps = np.eye(4)
     lps[:3, 0] = row_dir * pixel_spacing[1]
     lps[:3, 1] = col_dir * pixel_spacing[0]
-    lps[:3, 2] = np.cross(row_dir, col_dir) * slice_step
+    lps[:3, 2] = (np.cross(row_dir, col_dir) * slice_step if slice_vector is None
+                  else slice_vector)
     lps[:3, 3] = origin
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, True
 
@@ -204,7 +220,10 @@ def _slice_step(positions: list[float], ds: pydicom.Dataset) -> float:
 
 def read_file(path: Path) -> DicomImage:
     """One DICOM file: a 2D image, or a multi-frame volume ordered by its frame positions."""
+    from medfed.datasets.imaging.sanity import check_header_values
+
     ds, raw = _decode(path)
+    check_header_values(ds, path)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     pixels = _gray(ds, raw, frames).astype(np.float32)
     modality = str(ds.get("Modality", ""))
@@ -216,7 +235,8 @@ def read_file(path: Path) -> DicomImage:
         origin = None if ipp is None else np.asarray([float(v) for v in ipp])
         affine, geo = _affine(iop, origin, _pixel_spacing(ds), _slice_thickness(ds))
         return DicomImage(pixels * slope + intercept, affine, modality, series_uid,
-                          [str(ds.get("SOPInstanceUID", ""))], geo)
+                          [str(ds.get("SOPInstanceUID", ""))], geo,
+                          None if origin is None else origin[None], "", iop, _pixel_spacing(ds))
     pixels = pixels.reshape(frames, *pixels.shape[-2:])
     rescale = np.asarray([_rescale(ds, i) for i in range(frames)], np.float32)
     pixels = pixels * rescale[:, 0, None, None] + rescale[:, 1, None, None]
@@ -229,9 +249,8 @@ def read_file(path: Path) -> DicomImage:
     normal = np.cross(iop[:3], iop[3:])
     along = origins @ normal
     order = np.argsort(along, kind="stable")
-    affine, geo = _affine(iop, origins[order[0]], _pixel_spacing(ds),
-                          _slice_step(list(along[order]), ds))
-    return DicomImage(pixels[order], affine, modality, series_uid, [], geo)
+    return _placed(pixels[order], origins[order], iop, _pixel_spacing(ds), ds, path, modality,
+                   series_uid, [])
 
 
 def _frame_positions(ds: pydicom.Dataset, frames: int) -> np.ndarray | None:
@@ -337,6 +356,9 @@ def read_series(folder: Path, series_uid: str | None = None,
                            "mixed_series")
     else:
         files = next(iter(scan.series.values()))
+    from medfed.datasets.imaging.sanity import check_series_headers
+
+    check_series_headers(files)  # numbers parse; one orientation and pixel spacing throughout
     volumes = volumes_at_positions(files)
     if len(volumes) > 1 and volume_index is None:
         raise DicomProblem(f"{folder}: {len(volumes)} volumes at the same slice positions "
@@ -364,28 +386,32 @@ def _stack(files: list[tuple[Path, pydicom.Dataset]]) -> DicomImage:
         raise DicomProblem(f"{files[0][0].parent}: slices of different sizes {sorted(shapes)}; "
                            "the folder mixes acquisitions, keep one", "mixed_series")
     first = files[0][1]
-    iop = _orientation(first)
+    positions = np.asarray([[float(v) for v in h.ImagePositionPatient] for _, h in files])
+    return _placed(np.stack(slices), positions, _orientation(first), _pixel_spacing(first),
+                   first, files[0][0].parent, str(first.get("Modality", "")),
+                   str(first.get("SeriesInstanceUID", "")), sops)
+
+
+def _placed(pixels: np.ndarray, positions: np.ndarray, iop: np.ndarray,
+            pixel_spacing: tuple[float, float], ds: pydicom.Dataset, where: Path,
+            modality: str, series_uid: str, sops: list[str]) -> DicomImage:
+    """Slices sorted along the normal -> a DicomImage that knows every slice's position.
+
+    A regular stack gets its exact affine; a tilted or unevenly spaced one is flagged
+    (``irregular``) with an approximate affine (first origin, mean step vector). A single gap
+    of a whole multiple of the others is a missing file: ``DicomProblem`` (geometry)."""
     normal = np.cross(iop[:3], iop[3:])
-    along = [float(np.dot([float(v) for v in h.ImagePositionPatient], normal)) for _, h in files]
-    check_slice_gaps(along, files[0][0].parent)
-    origin = np.asarray([float(v) for v in first.ImagePositionPatient])
-    affine, geo = _affine(iop, origin, _pixel_spacing(first), _slice_step(along, first))
-    return DicomImage(np.stack(slices), affine, str(first.get("Modality", "")),
-                      str(first.get("SeriesInstanceUID", "")), sops, geo)
-
-
-def check_slice_gaps(along: list[float], folder: Path) -> None:
-    """Uneven steps between sorted slices mean a missing file (or a mixed acquisition)."""
-    steps = np.diff(along)
-    if len(steps) < 2:
-        return
-    step = float(np.median(steps))
-    bad = np.flatnonzero(np.abs(steps - step) > 0.1 * abs(step) + 1e-3)
-    if len(bad):
-        k = int(bad[0])
-        raise DicomProblem(f"{folder}: slice gap of {steps[k]:.2f} mm after slice {k + 1} "
-                           f"(others {step:.2f} mm); a file is missing: copy the whole series "
-                           "again", "geometry")
+    try:
+        irregular = irregular_geometry(positions, normal, where)
+    except GeometryProblem as exc:
+        raise DicomProblem(str(exc), "geometry") from None
+    along = list(positions @ normal)
+    vector = None
+    if tilt_degrees(positions, normal) > TILT_TOLERANCE_DEG:  # sheared: step along the table
+        vector = (positions[-1] - positions[0]) / (len(positions) - 1)
+    affine, geo = _affine(iop, positions[0], pixel_spacing, _slice_step(along, ds), vector)
+    return DicomImage(pixels, affine, modality, series_uid, sops, geo, positions, irregular,
+                      iop, pixel_spacing)
 
 
 def read_dicom(path: Path, series_uid: str | None = None,

@@ -39,6 +39,9 @@ def inspect_summary(result: CheckResult) -> dict:
         "size_voxels_histogram": histogram(voxels),
         "finest_spacing_mm_histogram": histogram(spacing),
         "dims": dict(Counter(f"{len(s['shape'])}D" for s in samples)),
+        # what MedFed uses only with care (e.g. a gantry-tilted series, resampled), per row
+        "warnings": {f"row {s['row']}": "; ".join(s["warnings"]) for s in samples
+                     if s.get("warnings")},
     }
 
 

@@ -1,14 +1,21 @@
 """A hospital's site folder: ``manifest.csv``, one row per sample, paths relative to the folder.
 
-Columns: ``patient_id``, ``image`` (DICOM file, DICOM series folder or NIfTI), ``label``
-and/or ``mask`` (NIfTI or DICOM-SEG), optional ``split`` (train/test), ``series_uid`` and
-``volume`` (the explicit choice for folders holding several series or volumes), and any
-clinical columns. ``labels.txt`` (one allowed label per line) optionally fixes the label set.
+Columns: ``patient_id``, ``image`` (DICOM file, DICOM series folder, NIfTI or PNG/JPEG),
+``label`` and/or ``mask`` (NIfTI, DICOM-SEG or polygon JSON), optional ``split``
+(train/test), ``series_uid`` and ``volume`` (the explicit choice for folders holding several
+series or volumes), ``mask_category`` (the polygon category a JSON mask is read for), and
+any clinical columns. ``labels.txt`` (one allowed label per line) optionally fixes the label
+set.
+
+Several sequences of one study (e.g. MRI FLAIR, T1, T1c, T2) are channels: one column each,
+``image_<name>`` (``image_flair,image_t1,image_t1c,image_t2``, in column order), or one
+``image`` cell listing the files ``;``-separated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +26,8 @@ MANIFEST = "manifest.csv"
 LABELS_FILE = "labels.txt"
 REQUIRED = ("patient_id", "image")
 SPLITS = {"train", "test"}
+CHANNEL_PREFIX = "image_"
+NOT_CHANNELS = {"image_id", "image_uid", "image_date", "image_type"}  # metadata, not files
 
 
 @dataclass
@@ -34,6 +43,9 @@ class Row:
     series_uid: str | None
     volume_index: int | None
     raw_image: str = ""
+    images: list[Path] = field(default_factory=list)  # every channel (images[0] is image)
+    channels: list[str] = field(default_factory=list)  # their names (e.g. flair, t1)
+    mask_category: str | None = None  # polygon JSON masks: the category to read
 
 
 def _cell(value: object) -> str | None:
@@ -62,31 +74,68 @@ def read_manifest(site_dir: Path, label_column: str = "label") -> pd.DataFrame:
         raise MedFedError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]}); save it "
                           "as comma-separated UTF-8 with a header row") from None
     frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in REQUIRED if c not in frame.columns]
+    missing = [c for c in REQUIRED if c not in frame.columns
+               and not (c == "image" and channel_columns(frame))]
     if missing:
         raise MedFedError(f"{path}: missing column(s) {missing}; the manifest needs "
-                          f"patient_id, image and {label_column!r} and/or mask "
-                          f"(it has {list(frame.columns)})")
+                          f"patient_id, image (or image_<sequence> columns) and "
+                          f"{label_column!r} and/or mask (it has {list(frame.columns)})")
     if label_column not in frame.columns and "mask" not in frame.columns:
         raise MedFedError(f"{path}: neither a {label_column!r} nor a 'mask' column; add labels "
                           "(classification) or mask paths (segmentation)")
+    if frame.empty:
+        raise MedFedError("manifest has a header but no rows", where=str(path),
+                          fix="add one row per sample (patient_id, image, label and/or mask)")
     return frame
 
 
-def manifest_rows(site_dir: Path, frame: pd.DataFrame, label_column: str = "label") -> list[Row]:
+def channel_columns(frame: pd.DataFrame) -> list[str]:
+    """The ``image_<sequence>`` columns (channels, in column order) of a manifest without an
+    ``image`` column."""
+    if "image" in frame.columns:
+        return []
+    return [c for c in frame.columns if c.startswith(CHANNEL_PREFIX) and c not in NOT_CHANNELS
+            and len(c) > len(CHANNEL_PREFIX)]
+
+
+def _images(record: dict, columns: list[str]) -> tuple[list[str | None], list[str]]:
+    """A row's image cells and channel names: one per column, or the ``;`` list of ``image``."""
+    if columns:
+        return [_cell(record.get(c)) for c in columns], [c[len(CHANNEL_PREFIX):] for c in columns]
+    cell = _cell(record.get("image"))
+    parts = [p.strip() or None for p in cell.split(";")] if cell else [None]
+    names = ["image"] if len(parts) == 1 else [f"channel {i + 1}" for i in range(len(parts))]
+    return parts, names
+
+
+def manifest_rows(site_dir: Path, frame: pd.DataFrame, label_column: str = "label",
+                  allowed_roots: Sequence[str] = ()) -> list[Row]:
+    """The manifest's rows; a path that leaves the site folder (symlinks resolved) is refused
+    unless it lies under one of ``allowed_roots``."""
+    from medfed.datasets.imaging.sanity import check_contained
+
     site_dir = Path(site_dir)
+    columns = channel_columns(frame)
     rows = []
     for number, record in enumerate(frame.to_dict("records"), start=1):
-        image, mask = _cell(record.get("image")), _cell(record.get("mask"))
+        cells, names = _images(record, columns)
+        mask = _cell(record.get("mask"))
         volume = _cell(record.get("volume"))
+        images = [site_dir / c if c else None for c in cells]
+        for path in [*images, site_dir / mask if mask else None]:
+            if path is not None:
+                check_contained(site_dir, path, f"{site_dir / MANIFEST} row {number}",
+                                allowed_roots)
         rows.append(Row(
             number=number, patient_id=_cell(record.get("patient_id")) or "",
-            image=site_dir / image if image else None, label=_cell(record.get(label_column)),
+            image=images[0] if all(images) else None, label=_cell(record.get(label_column)),
             mask=site_dir / mask if mask else None,
             split=(_cell(record.get("split")) or "").lower() or None,
             series_uid=_cell(record.get("series_uid")),
             volume_index=int(float(volume)) if volume and is_number(volume) else None,
-            raw_image=image or ""))
+            raw_image=";".join(c or "" for c in cells) if len(cells) > 1 else (cells[0] or ""),
+            images=images if all(images) else [], channels=names,
+            mask_category=_cell(record.get("mask_category"))))
     return rows
 
 

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 
 from medfed.datasets.imaging.dicom import DicomProblem
+from medfed.datasets.imaging.sanity import check_affine, check_compressed, check_finite
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -38,6 +39,7 @@ def read_nifti(path: Path, volume_index: int | None = None
     path = Path(path)
     if not path.exists():
         raise DicomProblem(f"{path}: file not found; fix the manifest path", "missing")
+    check_compressed(path)
     try:
         image = nib.load(path)
         data = np.asarray(image.dataobj, dtype=np.float32)
@@ -45,6 +47,8 @@ def read_nifti(path: Path, volume_index: int | None = None
         kind = "truncated" if isinstance(exc, EOFError | OSError) else "unreadable"
         raise DicomProblem(f"{path}: not a readable NIfTI file ({exc.__class__.__name__}: "
                            f"{str(exc)[:80]})", kind) from None
+    check_affine(image.affine, path)
+    check_finite(data, path)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 4:

@@ -64,7 +64,8 @@ def load(spatial_size: list[int] | tuple[int, int] = (128, 128), slice_axis: int
                 / "cache") / "nifti-pyradiomics-sites"
     data = folders.load([str(r) for r in site_folders(root)], task="segmentation",
                         spatial_size=list(spatial_size), as_slices=True, slice_axis=slice_axis,
-                        test_fraction=test_fraction, seed=seed, cache_dir=cache_dir)
+                        test_fraction=test_fraction, seed=seed, cache_dir=cache_dir,
+                        allowed_roots=[str(data_dir("nifti-pyradiomics").resolve())])
     data.name = "nifti-pyradiomics"
     data.split = lesion_split(np.asarray(data.y), data.groups, test_fraction, seed)
     data.keep_split = True

@@ -9,7 +9,19 @@ series or volumes; manifest columns ``series_uid``/``volume`` override per row),
 (3D volumes become 2D samples along ``slice_axis``), ``labels`` (allowed labels, in class
 order), ``label_column``, ``test_fraction`` and ``seed`` (patient-level split when the
 manifest has no ``split``), ``cache_dir`` (preprocessed arrays; default
-``$MEDFED_CACHE_DIR`` or ``~/.medfed/cache``).
+``$MEDFED_CACHE_DIR`` or ``~/.medfed/cache``), ``allowed_roots`` (folders outside a site
+folder its manifest may point into; by default every path, symlinks resolved, stays inside).
+
+Multi-sequence studies (manifest ``image_<sequence>`` columns, or ``;`` in ``image``) become
+channels on the first sequence's grid (another grid is resampled onto it when ``spacing`` is
+set). ``normalize``: ``percentile`` (0.5-99.5 % to [0, 1], the default for one channel) or
+``zscore`` (MONAI NormalizeIntensity over non-zero voxels per channel, the default for several
+channels); ``window`` overrides both for CT. ``crop_foreground``: crop to the box of voxels
+above 0 (MONAI CropForegroundd; MRI background) before resizing. ``mask_labels``: raw mask
+values -> named, possibly overlapping regions (``{wt: [1, 2, 3, 4], tc: [1, 3, 4], et: [4]}``),
+one sigmoid output and one Dice per region (task ``regions:wt,tc,et``). ``mask_category``:
+the category a polygon JSON mask is read for (a manifest ``mask_category`` column overrides).
+A tilted or unevenly spaced DICOM series trains only resampled: set ``spacing``.
 
 Every row is decoded once: the preprocessed arrays are cached on disk, keyed by the source
 files (path, size, modification time) and the preprocessing options, so later runs and rounds
@@ -31,11 +43,18 @@ from medfed.datasets.base import Dataset, TableDataset
 from medfed.datasets.imaging.dicom import DicomProblem, apply_window, dicom_files, resolve_window
 from medfed.datasets.imaging.manifest import Row, allowed_labels, manifest_rows, read_manifest
 from medfed.datasets.imaging.nifti import resample
+from medfed.datasets.imaging.study import (
+    NORMALIZERS,
+    crop_foreground,
+    parse_mask_labels,
+    region_masks,
+    stack_channels,
+)
 from medfed.datasets.imaging.volume import load_image, load_mask
 from medfed.errors import MedFedError
 from medfed.io import atomic_write_bytes
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: channels, regions, tilted/uneven series resampled
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -46,7 +65,7 @@ def cache_root(cache_dir: str | None) -> Path:
 def source_files(row: Row) -> list[Path]:
     """Every file a row reads (a series folder contributes all its files)."""
     files = []
-    for path in (row.image, row.mask):
+    for path in (*(row.images or [row.image]), row.mask):
         if path is None:
             continue
         files += dicom_files(path) if path.is_dir() else [path]
@@ -83,52 +102,90 @@ def _fit_dims(array: np.ndarray, n_dims: int, where: str) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray, mask: np.ndarray | None, spatial_size: tuple[int, ...],
-               window: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(X, Y[, Z]) -> (1, *spatial_size) float32 in [0, 1], mask -> (1, *spatial_size) int64."""
-    from monai.transforms import Compose, Resize, ScaleIntensityRangePercentiles
+               window: tuple[float, float] | None, normalize: str = "percentile",
+               crop: bool = False, channels: bool = False
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(X, Y[, Z]) (or (C, X, Y[, Z]) with ``channels``) -> (C, *spatial_size) float32; mask
+    (X, Y[, Z]) -> (1, *spatial_size) int64. Order: crop to the foreground (``crop``), window
+    or normalise each channel, resize."""
+    from monai.transforms import NormalizeIntensity, Resize, ScaleIntensityRangePercentiles
 
+    image = (image if channels else image[None]).astype(np.float32, copy=False)
+    mask = None if mask is None else mask[None]
+    if crop:
+        image, mask = crop_foreground(image, mask)
     if window is not None:
         image = apply_window(image, window)
-        intensity = Compose([Resize(spatial_size, mode="area")])
+    elif normalize == "zscore":
+        image = NormalizeIntensity(nonzero=True, channel_wise=True)(image)
     else:
-        intensity = Compose([ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True),
-                             Resize(spatial_size, mode="area")])
-    x = np.asarray(intensity(image[None].astype(np.float32)), dtype=np.float32)
+        image = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True,
+                                               channel_wise=True)(image)
+    x = np.asarray(Resize(spatial_size, mode="area")(np.asarray(image, np.float32)),
+                   dtype=np.float32)
     if mask is None:
         return x, None
-    y = Resize(spatial_size, mode="nearest")(mask[None].astype(np.float32))
+    y = Resize(spatial_size, mode="nearest")(np.asarray(mask, np.float32))
     return x, np.rint(np.asarray(y)).astype(np.int64)
 
 
-def load_row(row: Row, params: dict[str, Any], where: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """One manifest row -> (k, 1, *spatial) images and masks (k = 1, or slices)."""
+def _read_study(row: Row, params: dict[str, Any], where: str):
+    """(channel volumes, mask or None) of one row; problems are one line without paths."""
     try:
-        volume = load_image(row.image, row.series_uid or params["series_uid"],
-                            row.volume_index if row.volume_index is not None
-                            else params["volume_index"])
-        mask = load_mask(row.mask, volume) if params["task"] == "segmentation" else None
+        series_uid = row.series_uid or params["series_uid"]
+        index = row.volume_index if row.volume_index is not None else params["volume_index"]
+        volumes = [load_image(path, series_uid, index, params["spacing"])
+                   for path in row.images or [row.image]]
+        mask = (load_mask(row.mask, volumes[0], row.mask_category
+                          or params.get("mask_category"))
+                if params["task"] == "segmentation" else None)
     except DicomProblem as exc:
         # no path or header value here: training errors may travel to the coordinator
-        raise MedFedError(f"{where}: {exc.kind.replace('_', ' ')} image or mask; run `medfed "
-                          "data check` on the site folder to see the file and the fix") from None
-    image = volume.array
-    if params["spacing"]:
+        raise MedFedError(f"{where}: {exc.kind.replace('_', ' ')} image or mask",
+                          where="manifest.csv", fix="run `medfed data check` on the site "
+                          "folder to see the file and the fix") from None
+    for volume in volumes:
+        if volume.dicom is not None and volume.dicom.irregular and volume.regridded is None:
+            raise MedFedError(f"{where}: irregular slice geometry ({volume.dicom.irregular}); "
+                              "set dataset.options.spacing (x, y, z mm) to resample it onto a "
+                              "regular grid")
+    return volumes, mask
+
+
+def load_row(row: Row, params: dict[str, Any], where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """One manifest row -> (k, C, *spatial) images and (k, 1 or R, *spatial) masks (k = 1, or
+    slices; C channels, R regions)."""
+    volumes, mask = _read_study(row, params, where)
+    names = row.channels if len(row.channels) == len(volumes) else [
+        str(i) for i in range(len(volumes))]
+    image = stack_channels(volumes, names, bool(params["spacing"]), where)
+    first = volumes[0]
+    if params["spacing"] and first.regridded is None:
         target = tuple(params["spacing"])
-        image = resample(image, volume.spacing, target)
-        mask = None if mask is None else resample(mask, volume.spacing, target, nearest=True)
+        image = np.stack([resample(c, first.spacing, target) for c in image])
+        mask = None if mask is None else resample(mask, first.spacing, target, nearest=True)
     window = resolve_window(params["window"])
     size = tuple(params["spatial_size"])
-    if params["as_slices"] and image.ndim == 3:
+    normalize = params.get("normalize") or ("zscore" if len(image) > 1 else "percentile")
+    options = {"normalize": normalize, "crop": bool(params.get("crop_foreground")),
+               "channels": True}
+    regions = parse_mask_labels(params.get("mask_labels"))
+    if params["as_slices"] and image.ndim == 4:
         axis = params["slice_axis"]
-        pairs = [preprocess(np.take(image, k, axis), None if mask is None else
-                            np.take(mask, k, axis), size, window)
-                 for k in range(image.shape[axis])]
+        pairs = [preprocess(np.take(image, k, axis + 1), None if mask is None else
+                            np.take(mask, k, axis), size, window, **options)
+                 for k in range(image.shape[axis + 1])]
         xs = np.stack([p[0] for p in pairs])
-        return xs, None if mask is None else np.stack([p[1] for p in pairs])
-    image = _fit_dims(image, len(size), where)
+        ys = None if mask is None else [p[1] for p in pairs]
+        return xs, None if ys is None else np.stack([_regions(y, regions) for y in ys])
+    image = np.stack([_fit_dims(c, len(size), where) for c in image])
     mask = None if mask is None else _fit_dims(mask, len(size), where)
-    x, y = preprocess(image, mask, size, window)
-    return x[None], None if y is None else y[None]
+    x, y = preprocess(image, mask, size, window, **options)
+    return x[None], None if y is None else _regions(y, regions)[None]
+
+
+def _regions(mask: np.ndarray, regions: dict[str, list[int]] | None) -> np.ndarray:
+    return mask if regions is None else region_masks(mask, regions)
 
 
 def cached_row(row: Row, params: dict[str, Any], cache: Path, where: str
@@ -206,12 +263,22 @@ def load(roots: list[str] | str, task: str = "classification",
          series_uid: str | None = None, volume_index: int | None = None,
          as_slices: bool = False, slice_axis: int = 2, labels: list[str] | None = None,
          label_column: str = "label", test_fraction: float = 0.3, seed: int = 42,
-         cache_dir: str | None = None) -> TableDataset:
-    """Site folders -> ``x`` (N, 1, *spatial_size) float32, ``y`` (N,) labels or
-    (N, 1, *spatial_size) masks, ``groups`` = folder name, ``split`` per sample."""
+         cache_dir: str | None = None, normalize: str | None = None,
+         crop_foreground: bool = False, mask_labels: dict[str, list[int]] | None = None,
+         mask_category: str | None = None, allowed_roots: list[str] | None = None
+         ) -> TableDataset:
+    """Site folders -> ``x`` (N, C, *spatial_size) float32, ``y`` (N,) labels or
+    (N, 1, *spatial_size) masks ((N, R, *spatial_size) with R ``mask_labels`` regions),
+    ``groups`` = folder name, ``split`` per sample."""
     if task not in ("classification", "segmentation"):
         raise MedFedError(f"dataset.options.task: {task!r}; choose classification or "
                           "segmentation")
+    if normalize is not None and normalize not in NORMALIZERS:
+        raise MedFedError(f"dataset.options.normalize: {normalize!r}; choose "
+                          f"{' or '.join(NORMALIZERS)}")
+    regions = parse_mask_labels(mask_labels)
+    if regions and task != "segmentation":
+        raise MedFedError("dataset.options.mask_labels: regions need task: segmentation")
     if len(spatial_size) not in (2, 3):
         raise MedFedError("dataset.options.spatial_size: give 2 numbers (2D) or 3 (3D)")
     resolve_window(window)
@@ -220,20 +287,26 @@ def load(roots: list[str] | str, task: str = "classification",
         raise MedFedError("dataset.options.roots: list the site folders, one per hospital")
     params = {"task": task, "spatial_size": [int(s) for s in spatial_size], "window": window,
               "spacing": spacing, "series_uid": series_uid, "volume_index": volume_index,
-              "as_slices": as_slices, "slice_axis": slice_axis}
+              "as_slices": as_slices, "slice_axis": slice_axis, "normalize": normalize,
+              "crop_foreground": crop_foreground, "mask_labels": regions,
+              "mask_category": mask_category}
     cache = cache_root(cache_dir)
     names = _site_names([Path(r) for r in roots])
     xs, ys, label_values, groups, splits = [], [], [], [], []
     for root, name in zip(roots, names, strict=True):
         x, y, raw_labels, split = _load_site(Path(root), name, params, cache, labels,
-                                             label_column, test_fraction, seed)
+                                             label_column, test_fraction, seed,
+                                             allowed_roots or [])
         xs += x
         ys += y
         label_values += raw_labels
         groups += [name] * len(split)
         splits.append(split)
     x = _stack(xs, cache)
-    if task == "segmentation":
+    if regions:
+        y = _stack(ys, cache, np.int64)
+        class_names, kind = list(regions), "regions:" + ",".join(regions)
+    elif task == "segmentation":
         y = _stack(ys, cache, np.int64)
         n_classes = max(int(y.max()) + 1, 2)
         class_names = ["background"] + [f"label {i}" for i in range(1, n_classes)]
@@ -256,11 +329,16 @@ def _site_names(roots: list[Path]) -> list[str]:
 
 
 def _load_site(root: Path, name: str, params: dict, cache: Path, labels: list[str] | None,
-               label_column: str, test_fraction: float, seed: int):
+               label_column: str, test_fraction: float, seed: int,
+               allowed_roots: list[str] = ()):  # folders outside ``root`` a manifest may use
     frame = read_manifest(root, label_column)
-    rows = manifest_rows(root, frame, label_column)
+    rows = manifest_rows(root, frame, label_column, allowed_roots)
     if not rows:
         raise MedFedError(f"{root}/manifest.csv: no rows; list the site's samples")
+    counts = sorted({len(r.channels) for r in rows})
+    if len(counts) > 1:
+        raise MedFedError(f"{root}/manifest.csv: rows list {counts} images each; every study "
+                          "needs the same sequences (channels), in the same order")
     allowed = allowed_labels(root, labels)
     segmentation = params["task"] == "segmentation"
     xs, ys, raw_labels, counts, strata = [], [], [], [], []

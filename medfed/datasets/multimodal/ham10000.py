@@ -88,7 +88,8 @@ def load(path: str | None = None, sites: int = 2, target: str = "malignant",
     roots = write_sites(folder, int(sites), target, cache)
     data = multimodal_sites.load(roots=[str(r) for r in roots], clinical=CLINICAL,
                                  spatial_size=spatial_size, test_fraction=test_fraction,
-                                 seed=seed, cache_dir=cache_dir)
+                                 seed=seed, cache_dir=cache_dir,
+                                 allowed_roots=[str(folder.resolve())])  # JPEGs stay in place
     data.name, data.source = "ham10000", f"{folder} ({len(data.y)} images, {sites} sites)"
     return data
 

@@ -102,7 +102,8 @@ def read_clinical(site_dir: Path) -> pd.DataFrame | None:
     return frame
 
 
-def join_problems(site_dir: Path, spec: ClinicalSpec, label_column: str = "label"
+def join_problems(site_dir: Path, spec: ClinicalSpec, label_column: str = "label",
+                  allowed_roots: list[str] | None = None
                   ) -> tuple[list[Patient], list[tuple[int | None, str]]]:
     """Join manifest rows and clinical rows per patient; also every problem found (row, text).
 
@@ -111,7 +112,7 @@ def join_problems(site_dir: Path, spec: ClinicalSpec, label_column: str = "label
     """
     site_dir = Path(site_dir)
     frame = read_manifest(site_dir, label_column)
-    rows = manifest_rows(site_dir, frame, label_column)
+    rows = manifest_rows(site_dir, frame, label_column, allowed_roots or [])
     records = frame.to_dict("records")
     clinical = read_clinical(site_dir)
     problems: list[tuple[int | None, str]] = []
@@ -252,8 +253,11 @@ def load(roots: list[str] | str | None = None, clinical: dict[str, Any] | None =
          spatial_size: list[int] | tuple[int, ...] = (32, 32),
          window: str | list[float] | None = None, labels: list[str] | None = None,
          label_column: str = "label", test_fraction: float = 0.3, seed: int = 42,
-         cache_dir: str | None = None, channels: int | None = None) -> TableDataset:
-    """Site folders -> packed rows ``x`` (N, C*H*W + F + 2), labels, site per row, split."""
+         cache_dir: str | None = None, channels: int | None = None,
+         allowed_roots: list[str] | None = None) -> TableDataset:
+    """Site folders -> packed rows ``x`` (N, C*H*W + F + 2), labels, site per row, split.
+
+    ``allowed_roots``: folders outside the site folders that manifests may point into."""
     from medfed.datasets.imaging.site_folders import (
         _class_order,
         _site_names,
@@ -266,7 +270,7 @@ def load(roots: list[str] | str | None = None, clinical: dict[str, Any] | None =
     names = _site_names(folders)
     joined = []
     for folder, name in zip(folders, names, strict=True):
-        patients, problems = join_problems(folder, spec, label_column)
+        patients, problems = join_problems(folder, spec, label_column, allowed_roots)
         if problems:
             number, text = problems[0]
             where = f"row {number}: " if number else ""

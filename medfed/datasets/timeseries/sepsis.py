@@ -34,6 +34,7 @@ from medfed.datasets.splits import split_rows
 from medfed.datasets.timeseries.sepsis_features import (
     COLUMNS,
     LABEL,
+    clinical_features,
     hourly_features,
     sequence_features,
 )
@@ -140,32 +141,66 @@ def split_stays(stays: np.ndarray, sites: np.ndarray, septic: np.ndarray, test_f
     return split
 
 
+CLASS_WEIGHTS = ("balanced", "sqrt", "none")
+
+
+def fixed_weight(class_weight: str | float) -> float:
+    """A number given as ``class_weight``; anything else is a one-line error."""
+    try:
+        weight = float(class_weight)
+    except (TypeError, ValueError):
+        weight = -1.0
+    if not weight > 0:
+        raise MedFedError(f"dataset.options.class_weight: {class_weight!r}; use a positive "
+                          f"number or one of {', '.join(CLASS_WEIGHTS)}")
+    return weight
+
+
 def positive_weights(label: np.ndarray, sites: np.ndarray, split: np.ndarray,
                      class_weight: str | float | None) -> np.ndarray:
-    """Weight of each positive hour: per site negatives/positives among its training hours."""
+    """Weight of each positive hour: a number, or per site from its own training hours:
+    ``balanced`` negatives/positives, ``sqrt`` its square root (gentler: with ~2 % positive
+    hours from few septic stays, full balancing overweights a handful of patients)."""
     if class_weight is None or class_weight == "none":
         return np.ones(len(label))
-    if class_weight != "balanced":
-        return np.full(len(label), float(class_weight))
+    if class_weight not in CLASS_WEIGHTS:
+        return np.full(len(label), fixed_weight(class_weight))
     weights = np.ones(len(label))
     for site in np.unique(sites):
         rows = sites == site
         train = label[rows & (split == "train")]
         positives = max(int(train.sum()), 1)
-        weights[rows] = (len(train) - positives) / positives
+        ratio = (len(train) - positives) / positives
+        weights[rows] = np.sqrt(ratio) if class_weight == "sqrt" else ratio
     return weights
 
 
-def load(path: str | None = None, representation: str = "window",
-         windows: Sequence[int] = (3, 6, 12), variables: Sequence[str] | None = None,
-         hours: int = 12, test_fraction: float = 0.3, seed: int = 42,
-         class_weight: str | float | None = "balanced", max_stays: int | None = None,
+FEATURE_SETS = ("clinical", "basic")
+
+
+def window_table(raw: pd.DataFrame, stays: np.ndarray, features: str, windows: Sequence[int],
+                 variables: Sequence[str] | None) -> pd.DataFrame:
+    """(N, F) hourly features of the ``window`` representation (``features``: clinical or
+    basic)."""
+    make = clinical_features if features == "clinical" else hourly_features
+    return make(raw, stays, windows, variables)
+
+
+def load(path: str | None = None, folder: str = "sepsis", representation: str = "window",
+         features: str = "clinical", windows: Sequence[int] = (6, 24),
+         variables: Sequence[str] | None = None, hours: int = 12, test_fraction: float = 0.3,
+         seed: int = 42, class_weight: str | float | None = "sqrt", max_stays: int | None = None,
          download_missing: bool = True, demo_patients: int | None = None,
          alarm: dict[str, Any] | None = None) -> TableDataset:
     """Load ``.psv`` stays as hourly rows.
 
-    ``windows``: trailing windows (hours) of the rolling statistics; ``variables``: which
-    variables get them; ``hours``: sequence length for the GRU; ``max_stays``: per site, for a
+    ``path``: the stays (default ``$MEDFED_DATA_DIR/<folder>``); ``features`` (window
+    representation): ``clinical`` (values with skewed labs on a log scale, missingness,
+    rolling statistics, hours since each variable was measured, labs drawn in the last 24 h,
+    SIRS, qSOFA, partial SOFA and its 24 h rise, shock index, length of stay) or ``basic``
+    (values, missingness, rolling statistics); ``windows``: trailing windows (hours) of the
+    rolling statistics; ``variables``: which variables get them; ``class_weight``: see
+    ``positive_weights``; ``hours``: sequence length for the GRU; ``max_stays``: per site, for a
     quick look; ``demo_patients``: when ``path`` has no .psv files, first write that many
     synthetic stays per site (2 sites) there (``medfed demo-data sepsis``); ``alarm``: the
     alarm policy the report evaluates (thresholds, dwell, cooldown, horizon; see
@@ -174,8 +209,13 @@ def load(path: str | None = None, representation: str = "window",
     if representation not in ("window", "sequence"):
         raise MedFedError(f"dataset.options.representation: {representation!r}; use window "
                           "(MLP on rolling features) or sequence (GRU)")
+    if features not in FEATURE_SETS:
+        raise MedFedError(f"dataset.options.features: {features!r}; use clinical (values, "
+                          "trends, time since measured, SIRS/qSOFA/SOFA) or basic")
+    if class_weight is not None and class_weight not in CLASS_WEIGHTS:
+        fixed_weight(class_weight)  # a typo fails now, not after reading every stay
     policy_of(alarm)  # a typo in the alarm policy fails now, not after training
-    root = Path(path) if path else data_dir("sepsis")
+    root = Path(path) if path else data_dir(folder)
     if demo_patients and not (root.is_dir() and any(root.rglob("*.psv"))):
         from medfed.datasets.timeseries.sepsis_demo import write_demo
 
@@ -192,7 +232,7 @@ def load(path: str | None = None, representation: str = "window",
     split = split_stays(stays, sites, septic, test_fraction, seed)
     hour = pd.Series(np.ones(len(stays))).groupby(stays).cumsum().to_numpy() - 1
     if representation == "window":
-        frame = hourly_features(raw, stays, windows, variables)
+        frame = window_table(raw, stays, features, windows, variables)
         x, names = frame.to_numpy(np.float32), list(frame.columns)
     else:
         x = sequence_features(raw, stays, hours)
