@@ -1159,6 +1159,18 @@ def test_allowed_roots_admit_an_outside_folder(tmp_path):
     assert rows[0].image.resolve() == (tmp_path / "archive" / "P" / "image.nii.gz").resolve()
 
 
+def test_data_check_allow_root_admits_an_outside_folder(tmp_path, monkeypatch, capsys):
+    write(tmp_path / "archive" / "P" / "image.nii.gz", nifti_bytes(noisy()))
+    site = tmp_path / "site"
+    write(site / "manifest.csv", "patient_id,image,label\nP,../archive/P/image.nii.gz,1\n")
+    code, out, err = run_cli(["data", "check", str(site)], monkeypatch, capsys)
+    assert code == 2 and "leaves the site folder" in err
+    code, out, err = run_cli(["data", "check", str(site), "--allow-root",
+                              str(tmp_path / "archive")], monkeypatch, capsys)
+    assert code == 0, out + err
+    assert "OK" in out
+
+
 def test_demo_data_lands_whole_and_leaves_no_stage(tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo"
     code, _, err = run_cli(["demo-data", "sepsis", str(out), "--sites", "2", "--patients", "3"],

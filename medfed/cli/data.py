@@ -77,6 +77,10 @@ def data_check(
                                         "columns, comma-separated, categorical ones with "
                                         ":cat, e.g. --clinical age,crp,sex:cat. Checks the "
                                         "join of images and clinical rows per patient_id."),
+    allow_root: list[Path] = typer.Option([], "--allow-root", help="A folder outside the "
+                                          "site folder that manifest paths may point into "
+                                          "(as dataset.options.allowed_roots; repeatable). "
+                                          "Without it such a path is a problem."),
 ) -> None:
     """List every problem of a site folder (or its one table file) in one pass; exit 2 if any.
 
@@ -95,7 +99,7 @@ def data_check(
     with _progress(err_console, "checking rows") as progress:
         bar = progress.add_task("rows", total=None)
         result = check_any_site(site_dir, fmt, labels=allowed, label_column=label_column,
-                                clinical=clinical,
+                                clinical=clinical, allowed_roots=[str(r) for r in allow_root],
                                 progress=lambda done, total: progress.update(
                                     bar, completed=done, total=total))
     if as_json:

@@ -88,7 +88,8 @@ def table_files(folder: Path) -> list[Path]:
 def check_any_site(path: str | Path, fmt: str = "auto", *, labels: list[str] | None = None,
                    label_column: str = "label", clinical: str | None = None,
                    options: dict[str, Any] | None = None,
-                   progress: Callable[[int, int], None] | None = None):
+                   progress: Callable[[int, int], None] | None = None,
+                   allowed_roots: list[str] | None = None):
     """Check a site folder (or one file) of any format; returns a result with ``kind``,
     ``ok``, ``problems``, ``lines()``, ``summary`` and (clinical, ICU) ``warnings``."""
     path = Path(path)
@@ -102,7 +103,7 @@ def check_any_site(path: str | Path, fmt: str = "auto", *, labels: list[str] | N
         fmt = "multimodal-sites"
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt in ("site-folders", "multimodal-sites"):
-        return _imaging(path, fmt, labels, label_column, clinical, progress)
+        return _imaging(path, fmt, labels, label_column, clinical, progress, allowed_roots or [])
     if fmt == "sepsis":
         return check_psv_site(path, progress)
     from medfed.datasets.clinical.check import check_csv_table, check_heart_site
@@ -112,7 +113,8 @@ def check_any_site(path: str | Path, fmt: str = "auto", *, labels: list[str] | N
     return check_csv_table(path, {"label": label_column, **(options or {})}, labels)
 
 
-def _imaging(path: Path, fmt: str, labels, label_column, clinical, progress):
+def _imaging(path: Path, fmt: str, labels, label_column, clinical, progress,
+             allowed_roots: list[str]):
     if path.is_file():
         raise MedFedError(f"a {fmt} site is a folder with manifest.csv", where=str(path),
                           fix="give the folder, not a file")
@@ -120,10 +122,11 @@ def _imaging(path: Path, fmt: str, labels, label_column, clinical, progress):
         from medfed.datasets.multimodal.check import check_multimodal_site
 
         return check_multimodal_site(path, labels, label_column, progress=progress,
-                                     clinical=clinical or "")
+                                     clinical=clinical or "", allowed_roots=allowed_roots)
     from medfed.datasets.imaging.check import check_site
 
-    return check_site(path, labels, label_column, progress=progress)
+    return check_site(path, labels, label_column, progress=progress,
+                      allowed_roots=allowed_roots)
 
 
 # --- PhysioNet 2019 ICU stays (.psv) -----------------------------------------------------------

@@ -94,8 +94,14 @@ def harmonisation_section(cfg: ExperimentConfig) -> dict[str, Any]:
     if cfg.stats.privacy is not None:
         return {"skipped": "not run (stats.privacy is set: the query would spend privacy "
                            "budget); run `medfed stats`"}
+    import warnings
+
+    from medfed.errors import MedFedWarning
+
     try:
-        result = run_stats_simulation(cfg)
+        with warnings.catch_warnings():  # the sites' data warnings were shown by the run
+            warnings.simplefilter("ignore", MedFedWarning)
+            result = run_stats_simulation(cfg)
     except MedFedError as exc:
         return {"skipped": f"not run ({exc})"}
     return {"flags": result["flags"], "threshold": cfg.stats.flag_distance,

@@ -85,8 +85,10 @@ def _short(message: str, site_dir: Path) -> str:
 
 
 def check_site(site_dir: Path, labels: list[str] | None = None, label_column: str = "label",
-               progress: Callable[[int, int], None] | None = None) -> CheckResult:
-    """Check an imaging site folder (``manifest.csv``) or a clinical CSV site folder."""
+               progress: Callable[[int, int], None] | None = None,
+               allowed_roots: list[str] | None = None) -> CheckResult:
+    """Check an imaging site folder (``manifest.csv``) or a clinical CSV site folder;
+    ``allowed_roots``: folders outside it that manifest paths may point into."""
     site_dir = Path(site_dir)
     if not site_dir.is_dir():
         raise MedFedError("site folder not found", where=str(site_dir),
@@ -95,7 +97,7 @@ def check_site(site_dir: Path, labels: list[str] | None = None, label_column: st
     if not (site_dir / MANIFEST).is_file() and csv_files(site_dir):
         return check_csv_site(site_dir, labels, label_column)
     frame = read_manifest(site_dir, label_column)
-    rows = manifest_rows(site_dir, frame, label_column)
+    rows = manifest_rows(site_dir, frame, label_column, allowed_roots or [])
     allowed = allowed_labels(site_dir, labels)
     result = CheckResult(site_dir, "imaging")
     for i, row in enumerate(rows):

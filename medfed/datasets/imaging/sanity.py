@@ -128,5 +128,6 @@ def check_contained(site_dir: Path, path: Path, where: str,
     if not any(target == root or target.is_relative_to(root) for root in roots):
         raise MedFedError(f"path leaves the site folder (resolves to {target})", where=where,
                           fix="keep every image and mask inside the site folder, or list the "
-                          "other folder in dataset.options.allowed_roots")
+                          "other folder in dataset.options.allowed_roots (`data check "
+                          "--allow-root`)")
     return Path(path)

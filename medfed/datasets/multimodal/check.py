@@ -47,7 +47,8 @@ def parse_clinical(text: str) -> ClinicalSpec:
 def check_multimodal_site(site_dir: Path, labels: list[str] | None = None,
                           label_column: str = "label",
                           progress: Callable[[int, int], None] | None = None,
-                          clinical: str = "") -> CheckResult:
+                          clinical: str = "",
+                          allowed_roots: list[str] | None = None) -> CheckResult:
     """Every problem of a multimodal site folder, one per line (row number and fix)."""
     spec = parse_clinical(clinical)
     site_dir = Path(site_dir)
@@ -55,7 +56,7 @@ def check_multimodal_site(site_dir: Path, labels: list[str] | None = None,
         raise MedFedError(f"{site_dir}: site folder not found; give the folder that holds "
                           "manifest.csv")
     frame = read_manifest(site_dir, label_column)
-    rows = manifest_rows(site_dir, frame, label_column)
+    rows = manifest_rows(site_dir, frame, label_column, allowed_roots or [])
     allowed = allowed_labels(site_dir, labels)
     result = CheckResult(site_dir, "multimodal")
     for i, row in enumerate(rows):
@@ -67,7 +68,7 @@ def check_multimodal_site(site_dir: Path, labels: list[str] | None = None,
         if progress:
             progress(i + 1, len(rows))
     result.problems += split_problems(rows)
-    patients, problems = join_problems(site_dir, spec, label_column)
+    patients, problems = join_problems(site_dir, spec, label_column, allowed_roots)
     result.problems += [Problem(number, "clinical", text) for number, text in problems]
     result.summary = {**imaging_summary(rows, result.samples, frame, label_column),
                       "patients": len(patients),
