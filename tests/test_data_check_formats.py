@@ -92,6 +92,15 @@ def test_csv_site_passes_and_matches_client_start(tmp_path, monkeypatch, capsys)
     assert loaded["n_train"] == result["summary"]["n_train"]
 
 
+def test_csv_text_column_is_a_category_as_the_loader_treats_it(tmp_path, monkeypatch, capsys):
+    site = _csv_site(tmp_path / "csv-site")
+    frame = pd.read_csv(site / "export.csv")
+    frame["sex"] = ["F" if i % 2 else "M" for i in range(len(frame))]  # one-hot, not an error
+    frame.to_csv(site / "export.csv", index=False)
+    code, result, _ = check(site, monkeypatch, capsys)
+    assert code == 0 and result["ok"], result["problems"]
+
+
 def test_broken_csv_site_names_every_problem(tmp_path, monkeypatch, capsys):
     site = _csv_site(tmp_path / "csv-site")
     frame = pd.read_csv(site / "export.csv")

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from medfed.cli.main import app
 from medfed.config import validate
 from medfed.datasets.clinical.heart_disease import read_centre
+from medfed.datasets.sites import simulated_sites_and_schema
 from medfed.datasets.stats_view import simulated_views
 from medfed.errors import MedFedError
 from medfed.federation import messages
@@ -40,6 +41,7 @@ def heart(tmp_path, monkeypatch) -> Path:
     swiss.write_text("\n".join(",".join(r) for r in rows) + "\n")
     monkeypatch.setenv("MEDFED_DATA_DIR", str(tmp_path / "data"))
     simulated_views.cache_clear()  # views are cached per experiment, not per data folder
+    simulated_sites_and_schema.cache_clear()
     return tmp_path / "data" / "heart-disease"
 
 

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     traceback unless ``--verbose`` is given (anywhere on the command line)."""
     args = sys.argv[1:] if argv is None else list(argv)
     verbose = "--verbose" in args
+    args = [a for a in args if a != "--verbose"]  # accepted after any command, not only first
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning  # MedFedWarning: one `warning: ...` line
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print("interrupted")
         sys.exit(130)
     except OSError as exc:  # the file system refused something no check foresaw
+        if exc.filename is None:  # a socket, connection or TLS error: not a path problem
+            _fail(f"unexpected {exc.__class__.__name__}: {one_line(exc)[:300]} (medfed "
+                  f"{' '.join(args[:2])}): this is a bug in MedFed; rerun with --verbose "
+                  "and report the traceback", verbose, code=1)
         _fail(f"{exc.strerror or exc.__class__.__name__} ({exc.filename or 'medfed'}): check "
               "that the path exists and is writable", verbose)
     except Exception as exc:  # a bug: one line, the traceback with --verbose

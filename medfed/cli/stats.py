@@ -88,10 +88,11 @@ def _deployed(cfg, config: Path, superlink: str, state: Path, certs: Path | None
     from medfed.cli.deploy import _root_cert
     from medfed.config import RUN_EXPERIMENT
     from medfed.deploy import flower
+    from medfed.deploy.state import read_server
     from medfed.deploy.stats import RESULT
     from medfed.io import atomic_write_text
 
-    server = flower.read_server(state)
+    server = read_server(state).model_dump()
     flower.parse_address(superlink)
     root = _root_cert(server, certs)
     flower.check_reachable(superlink, root)

@@ -12,6 +12,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from medfed.io import check_output_dir
+
 out_console = Console()
 err_console = Console(stderr=True)
 
@@ -39,13 +41,26 @@ def open_model(folder: Path, key: Path | None):
     return load_bundle(folder)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Bind once before serving, so a busy port is one line, not the server's own exit."""
+    import socket
+
+    from medfed.errors import MedFedError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise MedFedError(f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                              where="--host/--port",
+                              fix="choose a free port, or stop what is using it") from None
+
+
 @contextlib.contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A staging folder renamed to ``out`` on success: a failure leaves nothing behind."""
-    from medfed.errors import MedFedError
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MedFedError(f"{out}: exists and is not empty; choose a new --out folder")
+    check_output_dir(out, "--out", empty=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
@@ -93,6 +108,7 @@ def predict(
     from medfed.inference.inputs import check_input
     from medfed.inference.predict import predict_any
 
+    check_output_dir(out, "--out", empty=True)  # before the model loads
     bundle = open_model(model, key)
     check_input(bundle, data)
     second = open_model(then, key) if then is not None else None
@@ -123,6 +139,7 @@ def validate(
     from medfed.inference.inputs import check_input
     from medfed.inference.validate import validate as run_validation
 
+    check_output_dir(out, "--out", empty=True)  # before the model loads
     bundle = open_model(model, key)
     check_input(bundle, site)
     with staged(out) as tmp, progress_bar("studies") as update:
@@ -151,6 +168,7 @@ def explain(
 
     if method not in METHODS:
         raise MedFedError(f"--method: {method!r}; choose one of {', '.join(METHODS)}")
+    check_output_dir(out, "--out", empty=True)  # before the model loads
     bundle = open_model(model, key)
     check_input(bundle, data)
     with staged(out) as tmp, progress_bar("studies") as update:
@@ -160,7 +178,7 @@ def explain(
 
 def serve(
     model: Path = typer.Argument(..., help=MODEL_HELP),
-    port: int = typer.Option(8080, help="Port to listen on."),
+    port: int = typer.Option(8080, min=1, max=65535, help="Port to listen on."),
     host: str = typer.Option("127.0.0.1", help="Interface (127.0.0.1: this machine only)."),
     key: Path | None = typer.Option(None, "--key", help=KEY_HELP),
 ) -> None:
@@ -169,6 +187,7 @@ def serve(
     from medfed.inference.pyfunc import serve_model
 
     bundle = open_model(model, key)
+    check_port_free(host, port)
     out_console.print(f"serving {bundle.card.get('name')} on http://{host}:{port}/invocations",
                       highlight=False)
     serve_model(model, host, port)
@@ -185,6 +204,7 @@ def crops(
     (manifest.csv + NIfTI) to train the second stage on (configs/two-stage-classifier.yaml)."""
     from medfed.inference.two_stage import write_crop_site
 
+    check_output_dir(out, "--out", empty=True)  # before the model loads
     bundle = open_model(model, key)
     with staged(out) as tmp, progress_bar("studies") as update:
         summary = write_crop_site(bundle, site, tmp, margin, update)

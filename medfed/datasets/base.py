@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +36,14 @@ class TableDataset:
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"{self.name}: {len(self.x)} feature rows but {len(self.y)} labels")
+
+    def schema(self) -> TableDataset:
+        """The same dataset with no rows: its names, task and label space, cheap to keep."""
+        def empty(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[:0]
+
+        return replace(self, x=self.x[:0], y=self.y[:0], groups=empty(self.groups),
+                       split=empty(self.split), units=empty(self.units))
 
 
 class SiteLoader(Protocol):

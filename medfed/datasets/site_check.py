@@ -154,7 +154,8 @@ def check_psv_site(path: Path, progress: Callable[[int, int], None] | None = Non
         return result
     stays, unknown = [], set()
     for i, file in enumerate(files):
-        header = file.read_text(errors="replace").split("\n", 1)[0].strip().split("|")
+        with file.open(errors="replace") as handle:  # the header only; read_stay reads it all
+            header = handle.readline().strip().split("|")
         unknown |= set(header) - {*COLUMNS, LABEL}
         try:
             stays.append(read_stay(file))

@@ -79,15 +79,23 @@ def check_sites(sites: list[Site], dataset: str) -> None:
                  fix="its local-only baseline is a constant predictor (see the report)")
 
 
-@lru_cache(maxsize=4)
 def simulated_federation(experiment_json: str) -> tuple[list[Site], DataInfo]:
     """All virtual sites of one experiment (cached: every ClientApp of a process shares it)."""
+    sites, info, _ = simulated_sites_and_schema(experiment_json)
+    return sites, info
+
+
+@lru_cache(maxsize=4)
+def simulated_sites_and_schema(experiment_json: str
+                               ) -> tuple[list[Site], DataInfo, TableDataset]:
+    """The virtual sites, their ``DataInfo`` and the dataset's schema (names, no rows), from
+    one load: reports and the model card read names here instead of loading the data again."""
     cfg = config_from_json(experiment_json)
     data = load_dataset(cfg.dataset.name, cfg.dataset.options)
     sites = build_sites(data, cfg.partition.scheme, cfg.partition.sites,
                         alpha=cfg.partition.alpha, test_fraction=cfg.partition.test_fraction,
                         min_size=cfg.partition.min_site_size, seed=cfg.partition_seed)
-    return sites, data_info(data)
+    return sites, data_info(data), data.schema()
 
 
 @lru_cache(maxsize=4)

@@ -19,9 +19,8 @@ import numpy as np
 import pandas as pd
 
 from medfed.config import ExperimentConfig, config_from_json
-from medfed.datasets import load_dataset
 from medfed.datasets.base import Site, TableDataset
-from medfed.datasets.sites import build_sites
+from medfed.datasets.sites import simulated_sites_and_schema
 from medfed.errors import MedFedError
 
 RAW_SOURCE = "raw export (before the dataset's preprocessing)"
@@ -234,10 +233,7 @@ def simulated_views(experiment_json: str) -> tuple[SiteView, ...]:
         raw = natural_raw_views(cfg)
         if raw is not None:
             return tuple(raw)
-    data = load_dataset(cfg.dataset.name, cfg.dataset.options)
-    sites = build_sites(data, cfg.partition.scheme, cfg.partition.sites,
-                        alpha=cfg.partition.alpha, test_fraction=cfg.partition.test_fraction,
-                        min_size=cfg.partition.min_site_size, seed=cfg.partition_seed)
+    sites, _, data = simulated_sites_and_schema(experiment_json)  # the training run's sites
     return tuple(_cleaned(feature_view(site, data), cfg) for site in sites)
 
 

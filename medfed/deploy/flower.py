@@ -104,14 +104,6 @@ def superlink_args(certs: Path | None, state: Path, host: str, port: int,
             "--enable-supernode-auth", *args]
 
 
-def read_server(state: Path) -> dict[str, Any]:
-    path = state / "server.json"
-    if not path.is_file():
-        raise MedFedError(f"{path}: not found; start the coordinator first with `medfed server "
-                          f"start --certs certs/ --state {state}`")
-    return json.loads(path.read_text())
-
-
 def write_flwr_home(state: Path, address: str, root_cert: Path | None,
                     insecure: bool = False) -> Path:
     """FLWR_HOME/config.toml with one SuperLink connection named ``medfed``."""

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from medfed.config import ExperimentConfig
-from medfed.datasets import load_dataset
 from medfed.datasets.base import DataInfo, Site
 from medfed.datasets.scaling import combine_moments, site_moments, standardize
 from medfed.errors import MedFedError
@@ -64,10 +63,9 @@ def packable(cfg: ExperimentConfig) -> bool:
 def simulation_card(cfg: ExperimentConfig, report: dict[str, Any],
                     state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The card of the federated model of a simulation (``report`` from run_simulation)."""
-    from medfed.datasets.sites import simulated_federation
+    from medfed.datasets.sites import simulated_sites_and_schema
 
-    sites, info = simulated_federation(cfg.to_json())
-    data = load_dataset(cfg.dataset.name, cfg.dataset.options)
+    sites, info, data = simulated_sites_and_schema(cfg.to_json())  # the run's load, no reload
     scaling = federated_scaling(sites, info)
     model = for_experiment(cfg, info)
     model.load_state_dict(state)

@@ -62,9 +62,10 @@ def stay_alarm_columns(bundle: ModelBundle, table: Table, scores: np.ndarray
     from medfed.tasks.timeseries import policy_of, stay_alarms, stays_of
 
     policy = policy_of(bundle.pre.get("alarm"))
+    threshold = bundle.threshold if bundle.threshold is not None else 0.5
     fired, on = np.zeros(len(scores), bool), np.zeros(len(scores), bool)
     for rows in stays_of(table.y):
-        hours, in_alarm = stay_alarms(scores[rows], bundle.threshold or 0.5, policy["dwell"],
+        hours, in_alarm = stay_alarms(scores[rows], threshold, policy["dwell"],
                                       policy["cooldown"])
         fired[rows[hours]] = True
         on[rows] = in_alarm

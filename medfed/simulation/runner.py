@@ -78,6 +78,10 @@ def reproducibility(cfg: ExperimentConfig) -> dict[str, Any]:
     if cfg.engine == "ray":
         why.append("Ray: sites are seeded by name, not by Ray's random node IDs, so scheduling "
                    "order does not matter")
+        if min(cfg.strategy.fraction_train, cfg.strategy.fraction_evaluate) < 1:
+            deterministic = False
+            why.append("but Flower samples a fraction of Ray's random node IDs, so which sites "
+                       "take part differs between runs")
     if cfg.privacy.mode == "dp-sgd" and cfg.privacy.secure_mode:
         deterministic = False
         why.append("privacy.secure_mode: DP-SGD noise from a cryptographically secure "

@@ -91,6 +91,8 @@ def harmonisation_section(cfg: ExperimentConfig) -> dict[str, Any]:
     header (skipped under ``stats.privacy``: it would spend the sites' budget)."""
     from medfed.errors import MedFedError
 
+    if cfg.engine == "ray":  # a second SuperLink and Ray cluster only for the header
+        return {"skipped": "not run under engine ray; run `medfed stats`"}
     if cfg.stats.privacy is not None:
         return {"skipped": "not run (stats.privacy is set: the query would spend privacy "
                            "budget); run `medfed stats`"}

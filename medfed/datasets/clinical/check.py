@@ -212,8 +212,11 @@ def _csv_column_problems(name: str, frame: pd.DataFrame, options: dict[str, Any]
             result.add(name, f"feature column {column!r} not found", "fix dataset.options.features")
             continue
         numbers = pd.to_numeric(frame[column], errors="coerce")
-        bad = frame[column].notna() & numbers.isna()
-        if bad.any():
+        present = frame[column].notna()
+        bad = present & numbers.isna()
+        # the loader's rule (csv_table.check_feature_columns): a text column is a category
+        # (one-hot); only a mostly numeric column with a few non-numbers is a problem
+        if bad.any() and numbers[present].notna().mean() >= 0.5:
             first = int(np.flatnonzero(bad.to_numpy())[0])
             result.add(f"{name} line {first + 2}", f"column {column!r} has {int(bad.sum())} "
                        f"non-numeric value(s), first {frame[column].iloc[first]!r}",

@@ -44,6 +44,10 @@ def uneven_gaps(gaps: np.ndarray, where: Path | str) -> str:
     such gaps) means a file is missing: ``GeometryProblem``."""
     if len(gaps) < 2:
         return ""
+    if np.any(np.abs(gaps) < 1e-3):  # several frames at one position: not one volume
+        raise GeometryProblem(f"{where}: {int(np.sum(np.abs(gaps) < 1e-3)) + 1} slices share a "
+                              "slice position; the file or folder holds several volumes (e.g. "
+                              "a 4D or multi-echo series): export one volume per series")
     step = float(np.median(gaps))
     off = np.abs(gaps - step) > GAP_TOLERANCE * abs(step) + 1e-3
     if not off.any():

@@ -35,6 +35,7 @@ from medfed.datasets.timeseries.sepsis_features import (
     COLUMNS,
     LABEL,
     clinical_features,
+    hour_of_stay,
     hourly_features,
     sequence_features,
 )
@@ -230,7 +231,7 @@ def load(path: str | None = None, folder: str = "sepsis", representation: str = 
     septic = np.zeros(stays.max() + 1)
     np.maximum.at(septic, stays, label)
     split = split_stays(stays, sites, septic, test_fraction, seed)
-    hour = pd.Series(np.ones(len(stays))).groupby(stays).cumsum().to_numpy() - 1
+    hour = hour_of_stay(stays)
     if representation == "window":
         frame = window_table(raw, stays, features, windows, variables)
         x, names = frame.to_numpy(np.float32), list(frame.columns)

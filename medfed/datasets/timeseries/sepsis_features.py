@@ -127,7 +127,7 @@ SOFA = [("Platelets", (150, 100, 50, 20), False), ("Bilirubin_total", (1.2, 2.0,
         ("Creatinine", (1.2, 2.0, 3.5, 5.0), True), ("MAP", (70,), False)]
 
 
-def _hour_of_stay(stays: np.ndarray) -> np.ndarray:
+def hour_of_stay(stays: np.ndarray) -> np.ndarray:
     """(N,) 0, 1, 2, ... within each stay (rows of a stay contiguous, in time order)."""
     return pd.Series(np.ones(len(stays))).groupby(stays).cumsum().to_numpy() - 1.0
 
@@ -139,7 +139,7 @@ def measurement_features(raw: pd.DataFrame, stays: np.ndarray) -> pd.DataFrame:
     differently it cost the federated model (real sample, bench/sepsis_baseline.py: hourly
     AUPRC 0.077 -> 0.084)."""
     measured = raw[DYNAMIC].notna()
-    hour = _hour_of_stay(stays)
+    hour = hour_of_stay(stays)
     last = pd.DataFrame(np.where(measured, hour[:, None], np.nan), columns=DYNAMIC)
     since = (hour[:, None] - _by_stay(last, stays).ffill()).clip(upper=SINCE_CAP)
     since = np.log1p(since.fillna(SINCE_CAP)).add_suffix("_since")
