@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from medfed.errors import MedFedError
 
@@ -18,6 +18,7 @@ RUN_ID = "medfed-run-id"  # MedFed's own run id: privacy ledgers are keyed by it
 RUN_LEDGER_DIR = "privacy-ledger-dir"
 RUN_OUTPUT_DIR = "output-dir"
 RUN_EVALUATION_HOOK = "evaluation-hook"
+RUN_AUDIT_CANARIES = "privacy-audit-canaries"  # `medfed privacy audit`: CanarySpec JSON
 NODE_PARTITION_ID = "partition-id"  # a virtual site's index (simulation)
 NODE_DATA_PATH = "data-path"  # a hospital's site folder (real federation)
 NODE_LEDGER_DIR = "privacy-ledger-dir"  # a hospital's own ledger folder
@@ -32,6 +33,18 @@ class DatasetConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class ShiftConfig(_Section):
+    """A fixed scanner-like effect per virtual site on images (medfed/datasets/shift.py): each
+    site draws once, from a seed derived from the partition seed, within these ranges."""
+
+    gamma: tuple[float, float] = (0.6, 1.6)  # intensity gamma (contrast curve)
+    contrast: tuple[float, float] = (0.7, 1.3)  # linear contrast around the image mean
+    blur: tuple[float, float] = (0.0, 1.2)  # Gaussian blur sigma, pixels (resolution)
+    noise: tuple[float, float] = (0.0, 0.08)  # Gaussian noise std (intensities in [0, 1])
+    bias_field: tuple[float, float] = (0.0, 0.4)  # smooth multiplicative bias coefficient
+    seed: int | None = None  # defaults to the partition seed
+
+
 class PartitionConfig(_Section):
     scheme: Literal["iid", "dirichlet", "quantity", "natural"] = "iid"
     sites: int = Field(5, ge=1, le=1000)
@@ -40,6 +53,12 @@ class PartitionConfig(_Section):
     test_fraction: float = Field(0.3, gt=0, lt=1)
     min_site_size: int = Field(10, ge=2)
     seed: int | None = None  # defaults to the experiment seed
+    shift: ShiftConfig | None = None  # per-site acquisition effect on images (`true`: defaults)
+
+    @field_validator("shift", mode="before")
+    @classmethod
+    def _shift_flag(cls, value: Any) -> Any:
+        return ({} if value is True else None) if isinstance(value, bool) else value
 
 
 class ModelConfig(BaseModel):
@@ -47,6 +66,25 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str = "mlp"
+
+
+class SecAggConfig(_Section):
+    """``strategy.secure: secagg+`` (medfed/federation/secagg.py): each site's update is
+    clipped to ``clipping_range`` per element, quantised to ``quantization_range`` levels and
+    masked; ``num_shares``: the sites each site shares its keys with, itself included (null:
+    every sampled site); ``reconstruction_threshold``: shares needed to rebuild a dropped
+    site's masks (null: a majority of ``num_shares``)."""
+
+    num_shares: int | None = Field(None, ge=3)
+    reconstruction_threshold: int | None = Field(None, ge=2)
+    clipping_range: float = Field(8.0, gt=0)
+    quantization_range: int = Field(2**24, ge=2**8, le=2**30)
+
+
+# strategies whose aggregate is a weighted sum of the updates (secure aggregation can serve
+# them); the others (median, trimmed mean, Krum) need every site's update in the clear
+SECURE_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm",
+                     "fedavg-partial")
 
 
 class StrategyConfig(BaseModel):
@@ -57,6 +95,8 @@ class StrategyConfig(BaseModel):
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
     min_sites: int = Field(2, ge=1)
+    secure: Literal["none", "secagg+"] = "none"  # secure aggregation: the sum, never a site's
+    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
 
 
 class TrainConfig(_Section):
@@ -83,15 +123,60 @@ class PrivacyConfig(_Section):
     accountant: Literal["rdp", "prv"] = "rdp"
     noise_multiplier: float | None = Field(None, gt=0)  # fixed; default: planned from epsilon
     grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"  # auto: ghost, else hooks
+    # who one DP-SGD sample is: auto = what the data establishes (patient or ICU stay);
+    # row only when set explicitly (patients with several rows are then not protected)
+    unit: Literal["auto", "patient", "stay", "row"] = "auto"
     secure_mode: bool = False  # dp-sgd noise from a CSPRNG (Opacus; needs torchcsprng)
     ledger_dir: str | None = None  # per-site ledgers; simulate: <out>/privacy
     clipping: Literal["server", "client"] = "server"  # central: where updates are clipped
     clipping_norm: float = Field(1.0, gt=0)  # central: L2 bound on each site's update
+    # a site sends no statistic (feature sums, test metrics) over a cell of fewer patients
+    min_count: int = Field(10, ge=1)
+    summary_epsilon: float = Field(0.1, gt=0)  # with a mode: noise on count-like feature sums
+
+
+PersonalArm = Literal["finetune", "fedbn", "ditto", "perhead"]
+
+
+class FinetuneConfig(_Section):
+    steps: int | None = Field(100, ge=1)  # local optimizer steps (FLamby: 100); or epochs:
+    epochs: int | None = Field(None, ge=1)  # when set, overrides steps
+    lr: float | None = Field(None, gt=0)  # default: train.lr
+
+
+class DittoConfig(_Section):
+    lam: float = Field(0.1, ge=0)  # weight of lam/2 ||w_personal - w_global||^2
+    local_epochs: int = Field(1, ge=1)  # personal-model epochs per round
+    lr: float | None = Field(None, gt=0)  # default: train.lr
+
+
+class PerheadConfig(_Section):
+    head: list[str] | None = None  # parameter-name prefixes kept on site; default: last layer
+
+
+class PersonalizationConfig(_Section):
+    """Options of the personalised arms named in ``personalize``."""
+
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    ditto: DittoConfig = Field(default_factory=DittoConfig)
+    perhead: PerheadConfig = Field(default_factory=PerheadConfig)
 
 
 class BaselinesConfig(_Section):
     centralized: bool = True
     local_only: bool = True
+
+
+class BenchmarkConfig(_Section):
+    """`medfed benchmark`'s defaults: ``grid`` (config key -> values, one cell per combination)
+    and ``seeds`` (a count: seeds 0..n-1, or a list); --grid/--seeds on the command line win."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: Annotated[int, Field(ge=1, le=100)] | list[int] = 5
+    jobs: int | None = Field(None, ge=1)  # parallel processes (default: one per core)
+    # "once": local-only and centralized only in the first grid combination of each seed (for
+    # grids over strategy/personalize keys only, which do not change them); "every": each cell
+    baselines: Literal["every", "once"] = "every"
 
 
 class StatsPrivacyConfig(_Section):
@@ -117,6 +202,16 @@ class StatsConfig(_Section):
     privacy: StatsPrivacyConfig | None = None
 
 
+class EngineOptions(_Section):
+    """``engine: ray``: what each virtual site may use (Flower's backend ``client_resources``;
+    fractional GPUs let several sites share one) and an existing Ray cluster to run on
+    (``address``, e.g. ``10.0.0.5:6379``; default: ``RAY_ADDRESS``, else a local Ray)."""
+
+    num_cpus: int | None = Field(None, ge=1)  # default: Flower's (2 CPUs per site)
+    num_gpus: float | None = Field(None, ge=0)  # e.g. 0.25: four sites per GPU
+    address: str | None = None
+
+
 class ExperimentConfig(_Section):
     name: str | None = None
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
@@ -130,7 +225,24 @@ class ExperimentConfig(_Section):
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     engine: Literal["inprocess", "ray"] = "inprocess"
+    engine_options: EngineOptions = Field(default_factory=EngineOptions)
     evaluate_every: int = Field(1, ge=1)
+    personalize: list[PersonalArm] = Field(default_factory=list)  # personalised arms to run
+    personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)  # `medfed benchmark`
+
+    @field_validator("personalize", mode="before")
+    @classmethod
+    def _arm_names(cls, value: Any) -> Any:
+        """``none``/null -> []; ``"ditto"`` or ``"finetune,ditto"`` -> a list."""
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            value = [v for v in value if str(v).lower() != "none"]
+            return list(dict.fromkeys(value))
+        return value
 
     @property
     def partition_seed(self) -> int:
@@ -209,7 +321,31 @@ def validate(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
         errors = exc.errors()
         raise _config_error(errors[0], source, len(errors) - 1) from None
     check_options(cfg, source)
+    check_secure(cfg, source)
     return cfg
+
+
+def check_secure(cfg: ExperimentConfig, source: str = "config") -> None:
+    """``strategy.secure: secagg+`` only where the aggregate is a weighted sum of updates."""
+    strategy, secagg = cfg.strategy, cfg.strategy.secagg
+    if strategy.secure == "none":
+        return
+    if strategy.name not in SECURE_STRATEGIES:
+        raise MedFedError(f"strategy {strategy.name!r} needs every site's update in the clear, "
+                          "secure aggregation reveals only their sum",
+                          where=f"{source}: strategy.secure",
+                          fix=f"use one of {', '.join(SECURE_STRATEGIES)}, or strategy.secure: "
+                              "none")
+    if cfg.privacy.mode == "central" and cfg.privacy.clipping == "server":
+        raise MedFedError("central DP with server-side clipping clips each site's update on "
+                          "the coordinator, which secure aggregation hides",
+                          where=f"{source}: strategy.secure",
+                          fix="set privacy.clipping: client (sites clip before masking)")
+    shares, threshold = secagg.num_shares, secagg.reconstruction_threshold
+    if shares is not None and threshold is not None and threshold > shares:
+        raise MedFedError(f"reconstruction_threshold {threshold} exceeds num_shares {shares}",
+                          where=f"{source}: strategy.secagg.reconstruction_threshold",
+                          fix=f"give at most {shares}")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -974,6 +974,20 @@ def _(work, shared):
     return ["audit", "verify", str(work / "audit.jsonl")]
 
 
+@case("state", "audit-truncated", "{work}/audit.jsonl", "truncated")
+def _(work, shared):
+    lines = _audit_log(work)
+    write(work / "audit.jsonl", "\n".join(lines[:2]) + "\n")
+    return ["audit", "verify", str(work / "audit.jsonl")]
+
+
+@case("state", "audit-head-garbage", "{work}/audit.head.json", "damaged")
+def _(work, shared):
+    _audit_log(work)
+    write(work / "audit.head.json", b"\x00\x9f garbage")
+    return ["audit", "verify", str(work / "audit.jsonl")]
+
+
 def _signed_model(work: Path) -> Path:
     from medfed.deploy.signing import ensure_signing_key, sign_model_dir
 

@@ -165,7 +165,7 @@ def test_audit_log_tampering_is_detected(tmp_path):
     lines = log.read_text().splitlines()
     lines[1] = lines[1].replace('"round": 2', '"round": 5')
     log.write_text("\n".join(lines) + "\n")
-    one_line_error(run_cli(["audit", "verify", str(log)], tmp_path), "line 2", "altered")
+    one_line_error(run_cli(["audit", "verify", str(log)], tmp_path), "line 2", "edited")
     log.write_text("\n".join([lines[0], lines[2]]) + "\n")
     one_line_error(run_cli(["audit", "verify", str(log)], tmp_path), "chain broken")
 

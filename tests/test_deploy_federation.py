@@ -47,7 +47,9 @@ class Federation:
         return self.procs.start(name or f"client-{site}", [
             "client", "start", "--superlink", self.superlink, "--root-cert",
             str(self.certs / "ca.pem"), "--key", str(self.root / key_dir / "node.key"),
-            "--data", str(self.root / site), "--runtime-port", str(free_port()), *extra])
+            "--data", str(self.root / site), "--runtime-port", str(free_port()),
+            *extra, *(() if "--policy" in extra else ("--no-policy",))])
+        # site policies are tested in tests/test_site_policy.py
 
     def runs(self) -> set[str]:
         folder = self.state / "runs"

@@ -211,7 +211,9 @@ def test_ray_engine_gives_the_in_process_result():
 REAL_DATA = {"adrenal3d": "medmnist/adrenalmnist3d.npz", "medmnist-breast":
              "medmnist/breastmnist.npz", "heart-disease": "heart-disease/processed.va.data",
              "tcga-brca": "tcga-brca/brca.csv", "nifti-pyradiomics": "nifti-pyradiomics",
-             "ham10000-sample": "ham10000-sample", "sepsis-physionet": "physionet2019-sample"}
+             "ham10000-sample": "ham10000-sample", "sepsis-physionet": "physionet2019-sample",
+             "benchmark-heart-disease": "heart-disease/processed.va.data",
+             "benchmark-breastmnist-shift": "medmnist/breastmnist.npz"}
 FEW = ["--set", "rounds=1", "--set", "train.local_epochs=1"]
 # image configs: the baselines' training is the same code as the tabular configs' (tested there)
 NO_BASELINES = ["baselines.centralized=false", "baselines.local_only=false"]

@@ -47,7 +47,8 @@ def test_stats_on_a_loopback_federation(tmp_path):
             procs.start(f"client-{name}", [
                 "client", "start", "--superlink", f"localhost:{port}", "--root-cert",
                 str(certs / "ca.pem"), "--key", str(root / f"keys-{name}" / "node.key"),
-                "--data", str(root / f"hospital-{name}"), "--runtime-port", str(free_port())])
+                "--data", str(root / f"hospital-{name}"), "--runtime-port", str(free_port()),
+                "--no-policy"])  # site policies: tests/test_site_policy.py
         out = root / "stats"
         done = run_cli(["stats", str(root / "hd.yaml"), "--superlink", f"localhost:{port}",
                         "--state", str(state), "--out", str(out), "--timeout", "120"], root,

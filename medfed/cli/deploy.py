@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medfed.config import NODE_LEDGER_DIR
 from medfed.deploy.supernode import ACTIVATION_REFUSED
 from medfed.errors import MedFedError
 
@@ -112,6 +112,10 @@ def server_start(
     apply_flower_env()
     sys.argv = ["flower-superlink", *flower.superlink_args(certs, state, host, port, insecure)]
     from flwr.superlink.cli import flower_superlink
+
+    from medfed.deploy.join_watch import watch_refused_joins
+
+    watch_refused_joins(state)  # refused SuperNodes -> `join_refused` in the audit log
 
     flower_superlink()
 
@@ -238,6 +242,9 @@ def run(
     try:
         history = _watch(state, run_dir, flower_run, cfg.rounds, client, mlflow_run)
     except KeyboardInterrupt:
+        from medfed.deploy.state import mark_interrupted
+
+        mark_interrupted(run_dir)  # before the stop: the ServerApp then keeps it
         flower.stop_run(state, flower_run)
         err_console.print(f"stopped; continue with `medfed run --resume {run_dir.name} "
                           f"--state {state}`", highlight=False)
@@ -310,14 +317,19 @@ def _prepare_run(config: Path | None, overrides: list[str], resume: str | None,
 
 def _write_run(run_dir: Path, cfg, resuming: int, round_timeout: float,
                wait_timeout: float) -> None:
-    from medfed.config import RUN_EXPERIMENT
+    from medfed.config import RUN_EXPERIMENT, RUN_ID
     from medfed.deploy import flower
+    from medfed.deploy.policy import sign_experiment
+    from medfed.deploy.signing import ensure_signing_key
     from medfed.io import atomic_write_text
 
     atomic_write_text(run_dir / "config.json", cfg.to_json())
+    signature = sign_experiment(cfg.to_json(), ensure_signing_key(run_dir.parent.parent))
     atomic_write_text(run_dir / "run_config.toml", flower.run_config_toml({
+        flower.RUN_SIGNATURE: signature,
         RUN_EXPERIMENT: cfg.to_json(), flower.RUN_STATE_DIR: str(run_dir.resolve()),
-        flower.RUN_DEPLOY_ID: run_dir.name, flower.RUN_RESUME: bool(resuming),
+        flower.RUN_DEPLOY_ID: run_dir.name, RUN_ID: run_dir.name,  # sites key ledgers/audit
+        flower.RUN_RESUME: bool(resuming),
         flower.RUN_ROUND_TIMEOUT: round_timeout, flower.RUN_WAIT_TIMEOUT: wait_timeout}))
 
 
@@ -342,11 +354,15 @@ def _watch(state: Path, run_dir: Path, flower_run: str, rounds: int, client,
 
     history: list[dict] = []
     check_flower = _FlowerCheck(state, run_dir.name, flower_run)
+    if not (out_console.is_terminal and err_console.is_terminal):  # a log file, nohup
+        return _watch_plain(run_dir, rounds, client, mlflow_run, check_flower)
     columns = [TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
                TextColumn("{task.description}")]
     with Progress(*columns, console=err_console, transient=False) as progress:
         bar = progress.add_task("waiting for sites", total=rounds)
+        shown: set[str] = set()
         while True:
+            _show_refusals(progress.console, run_dir, shown)
             history = _read_json(run_dir / "progress.json", {}).get("history", history)
             if history:
                 _show_round(progress, bar, history[-1])
@@ -354,11 +370,66 @@ def _watch(state: Path, run_dir: Path, flower_run: str, rounds: int, client,
                     from medfed.deploy.registry import log_new_rounds
 
                     log_new_rounds(client, mlflow_run, run_dir, history)
-            final = _final_history(run_dir, history)
+            final = _ended(run_dir, history, check_flower,
+                           lambda: _show_refusals(progress.console, run_dir, shown))
             if final is not None:
                 return final
-            check_flower()
             time.sleep(0.3)
+
+
+def _ended(run_dir: Path, history: list[dict], check_flower, show) -> list[dict] | None:
+    """The final history, None while the run goes on, or the error that ended it: the
+    coordinator's own (status.json) before Flower's, which may be seen first when a status
+    check is slow. ``show`` (new refusals) runs either way."""
+    try:
+        final = _final_history(run_dir, history)
+        if final is None:
+            try:
+                check_flower()
+            except MedFedError:
+                final = _final_history(run_dir, history)
+                if final is None:
+                    raise
+        return final
+    finally:
+        show()
+
+
+def _show_refusals(console, run_dir: Path, shown: set[str]) -> None:
+    """Print each new ``site NAME refused: REASON`` (a site's policy) the coordinator logged."""
+    from medfed.deploy.policy import REFUSALS_FILE
+
+    for refusal in _read_json(run_dir / REFUSALS_FILE, []):
+        line = str(refusal.get("line", "")) if isinstance(refusal, dict) else ""
+        if line and line not in shown:
+            shown.add(line)
+            console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
+
+
+def _watch_plain(run_dir: Path, rounds: int, client, mlflow_run: str | None,
+                 check_flower) -> list[dict]:
+    """``_watch`` without a terminal: one line per completed round on stdout."""
+    from medfed.deploy.progress import round_line
+
+    history: list[dict] = []
+    shown, start = 0, time.monotonic()
+    refusals: set[str] = set()
+    while True:
+        _show_refusals(err_console, run_dir, refusals)
+        history = _read_json(run_dir / "progress.json", {}).get("history", history)
+        for record in history[shown:]:
+            out_console.print(round_line(record, rounds, time.monotonic() - start),
+                              highlight=False, soft_wrap=True)
+        shown = max(shown, len(history))
+        if history and client is not None:
+            from medfed.deploy.registry import log_new_rounds
+
+            log_new_rounds(client, mlflow_run, run_dir, history)
+        final = _ended(run_dir, history, check_flower,
+                       lambda: _show_refusals(err_console, run_dir, refusals))
+        if final is not None:
+            return final
+        time.sleep(0.3)
 
 
 def _show_round(progress, bar, last: dict) -> None:
@@ -433,6 +504,10 @@ def client_start(
                                      "dataset.options.label in the coordinator's config)."),
     audit_log: Path | None = typer.Option(None, help="Site audit log (default: "
                                           "audit.jsonl next to the node key)."),
+    ledger_dir: Path | None = typer.Option(None, help="This hospital's privacy ledgers (and "
+                                           "its personal weights under personal/) (default: "
+                                           "privacy/ next to the node key). The site's own: "
+                                           "an experiment cannot move it."),
     runtime_port: int = typer.Option(9094, help="Local port of the SuperNode's Runtime API "
                                      "(loopback only; change it to run two nodes on one "
                                      "machine)."),
@@ -445,9 +520,34 @@ def client_start(
     rejoin_wait: float = typer.Option(30.0, help="Seconds to keep retrying when the SuperLink "
                                       "refuses to activate this node (right after a crash its "
                                       "old session is still open for up to 20 s)."),
+    policy: Path | None = typer.Option(None, help="This hospital's site-policy.yaml (default: "
+                                       "site-policy.yaml in the site state folder, the folder "
+                                       "of --key). Without one the node does not start: "
+                                       "nothing runs on patient data that the hospital has "
+                                       "not agreed to."),
+    no_policy: bool = typer.Option(False, "--no-policy", help="Run every experiment the "
+                                   "coordinator sends, signed or not (a trial without patient "
+                                   "data; recorded in the audit log)."),
 ) -> None:
-    """Join the federation: checks the site folder, the CA, the key and the connection,
-    then runs this hospital's SuperNode (foreground; Ctrl-C leaves)."""
+    """Join the federation: checks the site folder, the CA, the key, the site policy and
+    the connection, then runs this hospital's SuperNode (foreground; Ctrl-C leaves).
+
+    The policy is checked on every message before any data is read: the experiment must be
+    signed by a trusted coordinator key and stay within the policy, else the site refuses
+    it and the coordinator shows why. A site-policy.yaml:
+
+    ```
+    trusted_keys: [coordinator.pub]   # the coordinator's signing key (PEM)
+    datasets: [heart-disease]         # leave a list out to allow any
+    tasks: [binary]
+    models: [logreg, mlp]
+    privacy: {modes: [dp-sgd], max_epsilon_per_run: 1.0, max_epsilon_total: 3.0,
+              min_count: 10}
+    max_rounds: 100
+    max_local_epochs: 5
+    require_approval: true            # new experiments wait for `medfed client approve`
+    ```
+    """
     from medfed.datasets.site_folder import check_site_folder
     from medfed.deploy import audit, flower
 
@@ -457,16 +557,94 @@ def client_start(
     _check_node_credentials(root_cert, key, insecure)
     flower.check_reachable(superlink, None if insecure else root_cert)
     log_path = audit_log or ((key.parent if key else data) / "audit.jsonl")
+    site_config, min_count = _site_policy(policy, no_policy, key.parent if key else
+                                          log_path.parent, min_count)
+    site_state = key.parent if key else log_path.parent
+    site_config[NODE_LEDGER_DIR] = str((ledger_dir or site_state / "privacy").resolve())
     audit.append(log_path, "node_started", superlink=superlink, site=data.name,
-                 n_train=summary["n_train"], n_test=summary["n_test"])
+                 n_train=summary["n_train"], n_test=summary["n_test"],
+                 policy=site_config["site-policy"])
     out_console.print(f"site {data}: {summary['n_train']} training and {summary['n_test']} "
                       f"test rows; joining {superlink}", highlight=False)
     code = _supervise_node(flower.supernode_args(superlink, root_cert, key, data, runtime_port,
-                                                 log_path, insecure, min_count),
+                                                 log_path, insecure, min_count, site_config),
                            runtime_port,
-                           rejoin_wait)
+                           rejoin_wait, key, log_path.parent / "node-session.json")
     audit.append(log_path, "node_stopped", exit_code=code)
     _check_node_exit(code, superlink, key)
+
+
+def _site_policy(policy: Path | None, no_policy: bool, state: Path,
+                 min_count: int | None) -> tuple[dict[str, str], int | None]:
+    """The policy's node config (checked now, re-read on every message) and the site's
+    small-cell floor (the larger of --min-count and the policy's ``privacy.min_count``)."""
+    from medfed.deploy.policy import POLICY_FILE, load_policy
+    from medfed.deploy.policy_mod import NO_POLICY, NODE_POLICY, NODE_SITE_STATE
+
+    if no_policy:
+        if policy is not None:
+            raise MedFedError("both --policy and --no-policy", where="client start",
+                              fix="give one of them")
+        err_console.print("[yellow]warning:[/yellow] --no-policy: this site runs every "
+                          "experiment the coordinator sends; never use it with patient data")
+        return {NODE_POLICY: NO_POLICY, NODE_SITE_STATE: str(state.resolve())}, min_count
+    path = policy or state / POLICY_FILE
+    if policy is None and not path.is_file():
+        raise MedFedError("no site policy", where=str(path),
+                          fix="write site-policy.yaml there (see `medfed client start --help`) "
+                          "or give --policy PATH; --no-policy only for a trial without "
+                          "patient data")
+    rules, _ = load_policy(path)
+    floor = max(min_count or 0, rules.privacy.min_count)
+    return {NODE_POLICY: str(path.resolve()), NODE_SITE_STATE: str(state.resolve())}, floor
+
+
+@client_app.command("approve")
+def client_approve(
+    state: Path = typer.Option(..., help="The site state folder (the folder of node.key, "
+                               "where site-policy.yaml is)."),
+    yes: bool = typer.Option(False, "--yes", help="Approve without asking (scripts)."),
+) -> None:
+    """Review and approve the experiments this site refused for want of approval (policy
+    `require_approval: true`): shows each one's config and its diff to the last approved
+    one, then records the approval. The site takes part from its next message on."""
+    from medfed.deploy import policy
+
+    waiting = policy.pending(state)
+    if not waiting:
+        out_console.print(f"no experiment waits for approval in {state / policy.PENDING_DIR}",
+                          highlight=False)
+        return
+    for entry in waiting:
+        _review(state, entry, yes)
+
+
+def _review(state: Path, entry: dict, yes: bool) -> None:
+    """Show one pending experiment (config, or diff to the last approved); approve it."""
+    from medfed.deploy import audit, policy
+
+    previous = policy.approvals(state)
+    last = previous[-1]["experiment"] if previous else None
+    signed = entry.get("signature", {})
+    out_console.print(f"experiment {entry['experiment_sha256'][:12]} "
+                      f"({entry['experiment'].get('name') or 'unnamed'}), received "
+                      f"{entry['received']}, signed by key {signed.get('key_id')} (MedFed "
+                      f"{signed.get('medfed_version')})", highlight=False)
+    title = "changes from the last approved experiment" if last else "config (nothing " \
+        "approved before)"
+    out_console.print(f"{title}:", highlight=False)
+    for line in policy.config_diff(last, entry["experiment"]):
+        style = "green" if line.startswith("+") else "red" if line.startswith("-") else None
+        out_console.print(line, style=style, highlight=False, markup=False)
+    if not yes and not typer.confirm("approve this experiment for this site?", default=False):
+        out_console.print("not approved", highlight=False)
+        return
+    who = os.environ.get("USER", "unknown")
+    policy.record_approval(state, entry, who)
+    audit.append(state / "audit.jsonl", "experiment_approved",
+                 experiment_sha256=entry["experiment_sha256"], by=who,
+                 key_id=signed.get("key_id"))
+    out_console.print(f"approved {entry['experiment_sha256'][:12]}", highlight=False)
 
 
 def _check_node_credentials(root_cert: Path | None, key: Path | None, insecure: bool) -> None:
@@ -487,8 +665,11 @@ def _check_node_credentials(root_cert: Path | None, key: Path | None, insecure: 
 def _check_node_exit(code: int, superlink: str, key: Path | None) -> None:
     """A one-line error for a SuperNode that stopped with an error exit code."""
     if code == ACTIVATION_REFUSED:
-        raise MedFedError(f"the SuperLink refused this node: its key {key} is not registered "
-                          "(or the same key is online elsewhere)", where=superlink,
+        from medfed.deploy.supernode import key_fingerprint
+
+        raise MedFedError(f"the SuperLink refused this node: its key {key} (public key "
+                          f"sha256 {key_fingerprint(key)[:16]}) is not registered there, or "
+                          "is online elsewhere", where=superlink,
                           fix="send node.pub to the coordinator (`medfed nodes add`)")
     if code:
         raise MedFedError(f"the SuperNode stopped with Flower exit code {code}",
@@ -496,44 +677,25 @@ def _check_node_exit(code: int, superlink: str, key: Path | None) -> None:
                           f"ref-exit-codes/{code}.html")
 
 
-def _supervise_node(flags: list[str], runtime_port: int, rejoin_wait: float) -> int:
-    """SuperNode + warm executor as children; a refused activation is retried for a while
-    (right after a crash the SuperLink still counts the old session as online)."""
+def _supervise_node(flags: list[str], runtime_port: int, rejoin_wait: float,
+                    key: Path | None = None, session_file: Path | None = None) -> int:
+    """SuperNode + warm executor as children (``medfed.deploy.supernode.supervise``): a key
+    never activated here is refused at once; a rejoining one is retried ``rejoin_wait`` s."""
     import signal
 
     from medfed.deploy import flower
+    from medfed.deploy.supernode import key_fingerprint, supervise
     from medfed.federation.app import flower_env
 
     def leave(*_args) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, leave)  # stop the children on a plain `kill` too
-    env = flower_env()
-    executor = subprocess.Popen(flower.executor_command(runtime_port, os.getpid()), env=env)
-    node_cmd = flower.supernode_command(flags, os.getpid())
-    first = time.monotonic()
-    node = None
+    fingerprint = key_fingerprint(key)
     try:
-        while True:
-            node = subprocess.Popen(node_cmd, env=env)
-            code = node.wait()
-            if code != ACTIVATION_REFUSED or time.monotonic() - first > rejoin_wait:
-                return code
-            err_console.print("activation refused; retrying in 5 s (a previous session of "
-                              "this node may still be open)", highlight=False)
-            time.sleep(5)
+        return supervise(flower.supernode_command(flags, os.getpid(), session_file, fingerprint),
+                         flower.executor_command(runtime_port, os.getpid()), flower_env(),
+                         session_file, fingerprint, rejoin_wait,
+                         lambda line: err_console.print(line, highlight=False))
     except KeyboardInterrupt:
         return 0
-    finally:
-        _stop(node, executor)
-
-
-def _stop(*procs: subprocess.Popen | None) -> None:
-    """Terminate the still-running ``procs``; kill one that is not gone within 15 s."""
-    for proc in procs:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()

@@ -11,12 +11,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from medfed.cli.audit import audit_app
+from medfed.cli.benchmark import benchmark
 from medfed.cli.data import data_app, demo_app
 from medfed.cli.deploy import register as register_deployment
 from medfed.cli.model import model_app
 from medfed.cli.privacy import privacy_app
 from medfed.cli.simulate import datasets_app, simulate
 from medfed.cli.stats import stats
+from medfed.cli.ui import ui
 from medfed.cli.use import register as register_use
 from medfed.errors import MedFedError, MedFedWarning, one_line
 
@@ -28,6 +30,8 @@ app = typer.Typer(
     rich_markup_mode="markdown")
 app.command()(simulate)
 app.command()(stats)  # federated statistics (cli/stats.py)
+app.command()(benchmark)  # grid × seeds with error bars (cli/benchmark.py)
+app.command()(ui)  # MLflow's UI on the tracking store (cli/ui.py)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(data_app, name="data")
 app.add_typer(demo_app, name="demo-data")

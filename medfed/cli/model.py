@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 out_console = Console()
+err_console = Console(stderr=True)
 
 model_app = typer.Typer(help="Signed models in the registry (MLflow).", no_args_is_help=True)
 
@@ -43,7 +44,8 @@ def model_download(
     audit_log: Path | None = typer.Option(None, help="Append the download to this audit log."),
 ) -> None:
     """Download weights (safetensors) + model card; verifies hash and signature FIRST and
-    refuses a model that does not match."""
+    refuses a model that does not match. Prints a `warning:` line when a registered
+    hospital did not take part in the model's last round (its card says since when)."""
     from medfed.deploy.registry import download_model
     from medfed.deploy.signing import load_public_key
     from medfed.io import check_output_dir
@@ -57,7 +59,20 @@ def model_download(
 
         audit.append(audit_log, "model_downloaded", **info, folder=str(out))
     out_console.print(f"{name} version {info['version']} ({info['kind']}) -> {out}; signature "
-                      f"OK (key {info['key_id']})", highlight=False)
+                      f"OK (key {info['key_id']})", highlight=False, soft_wrap=True)
+    warning = _card_warning(out)
+    if warning:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False,
+                          soft_wrap=True)
+
+
+def _card_warning(folder: Path) -> str | None:
+    """The signed card's warning (a registered hospital missing at the end), if any."""
+    import json
+
+    card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+    warning = card.get("warning") if isinstance(card, dict) else None
+    return str(warning) if warning else None
 
 
 @model_app.command("verify")

@@ -52,6 +52,10 @@ def simulate(
                                    "--set strategy.name=fedadam --set rounds=50 (repeatable)."),
     engine: str | None = typer.Option(None, help="inprocess (fast, default) or ray (Flower's "
                                       "Simulation Engine)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Run the sites on an "
+                                           "existing Ray cluster (its head's HOST:PORT; implies "
+                                           "--engine ray; default: RAY_ADDRESS). Per-site "
+                                           "resources: engine_options.num_cpus / num_gpus."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout, nothing "
                                  "else there."),
     track: bool = typer.Option(True, help="Log the run to MLflow (MLFLOW_TRACKING_URI, default "
@@ -72,6 +76,8 @@ def simulate(
     quiet_libraries(verbose)
     logging.getLogger("medfed").setLevel(logging.DEBUG if verbose else logging.INFO)
     overrides = [*set_, *([f"engine={engine}"] if engine else [])]
+    if ray_address:
+        overrides += ["engine=ray", f"engine_options.address={json.dumps(ray_address)}"]
     cfg = load_config(config, overrides)
     out = check_output_dir(out or Path("runs") / config.stem, "--out")
     console = err_console if as_json else out_console

@@ -100,7 +100,11 @@ def _deployed(cfg, config: Path, superlink: str, state: Path, certs: Path | None
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = state / "runs" / f"{cfg.name or config.stem}-stats-{stamp}"
     atomic_write_text(run_dir / "config.json", cfg.to_json())
+    from medfed.deploy.policy import sign_experiment
+    from medfed.deploy.signing import ensure_signing_key
+
     atomic_write_text(run_dir / "run_config.toml", flower.run_config_toml({
+        flower.RUN_SIGNATURE: sign_experiment(cfg.to_json(), ensure_signing_key(state)),
         RUN_EXPERIMENT: cfg.to_json(), flower.RUN_STATE_DIR: str(run_dir.resolve()),
         flower.RUN_DEPLOY_ID: run_dir.name, flower.RUN_JOB: "stats",
         flower.RUN_ROUND_TIMEOUT: timeout, flower.RUN_WAIT_TIMEOUT: timeout}))

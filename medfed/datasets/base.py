@@ -28,6 +28,10 @@ class TableDataset:
     split: np.ndarray | None = None
     # rows of one unit (e.g. one ICU stay) always share a site and a split; set split with it
     units: np.ndarray | None = None
+    # who one unit is: "patient" (units are patients, or each row is one), "stay" (an ICU
+    # stay: one patient may have several) or None (unknown: a patient may have several rows
+    # and nothing says which; DP-SGD then needs privacy.unit=row, see medfed.privacy.units)
+    unit: str | None = None
     keep_split: bool = False  # split is a benchmark's official one: kept under every scheme
     class_names: list[str] = field(default_factory=list)
     standardize: bool = True  # tabular features are scaled with federated statistics
@@ -44,6 +48,11 @@ class TableDataset:
 
         return replace(self, x=self.x[:0], y=self.y[:0], groups=empty(self.groups),
                        split=empty(self.split), units=empty(self.units))
+
+
+def units_of(data: TableDataset, rows: np.ndarray) -> np.ndarray | None:
+    """(len(rows),) the unit of each of ``rows``; None when every row is its own unit."""
+    return None if data.units is None else np.asarray(data.units)[rows]
 
 
 class SiteLoader(Protocol):
@@ -106,6 +115,8 @@ class Site:
     x_test: np.ndarray
     y_test: np.ndarray
     task: str = "binary"
+    units_train: np.ndarray | None = None  # (n_train,) unit id per row; None: one row each
+    unit: str | None = None  # as ``TableDataset.unit``
 
     @property
     def n_train(self) -> int:

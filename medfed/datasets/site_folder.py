@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from medfed.datasets.base import Dataset, Site, TableDataset
-from medfed.datasets.splits import MIN_SITE_ROWS, fixed_split, split_rows
+from medfed.datasets.base import Dataset, Site, TableDataset, units_of
+from medfed.datasets.splits import MIN_SITE_ROWS, fixed_split, split_units
 from medfed.errors import MedFedError, warn
 
 TABLE_SUFFIXES = (".csv", ".data", ".tsv")
@@ -58,7 +58,7 @@ def site_path(folder: str | Path, dataset: Dataset) -> Path:
 
 
 def site_of(data: TableDataset, folder: str | Path, test_fraction: float, seed: int) -> Site:
-    """The site's train/test: the dataset's own split if it fixed one, else ``split_rows``."""
+    """The site's train/test: the dataset's own split if it fixed one, else ``split_units``."""
     rows = np.arange(len(data.y))
     if data.split is not None:
         train, test = fixed_split(rows, data.split)
@@ -66,10 +66,10 @@ def site_of(data: TableDataset, folder: str | Path, test_fraction: float, seed: 
             raise MedFedError(f"{folder}: {len(train)} train and {len(test)} test patients; a "
                               "site needs both (check the split column)")
     else:
-        train, test = split_rows(rows, data.y, test_fraction, seed, data.task,
-                                 min_rows=MIN_SITE_ROWS, where=data.source or str(folder))
+        train, test = split_units(rows, data.y, data.units, test_fraction, seed, data.task,
+                                  min_rows=MIN_SITE_ROWS, where=data.source or str(folder))
     return Site(data.name, data.x[train], data.y[train], data.x[test], data.y[test],
-                task=data.task)
+                task=data.task, units_train=units_of(data, train), unit=data.unit)
 
 
 def load_site_folder(folder: str | Path, dataset: str, options: dict[str, Any] | None = None,

@@ -8,9 +8,10 @@ import numpy as np
 
 from medfed.config import config_from_json
 from medfed.datasets import load_dataset
-from medfed.datasets.base import DataInfo, Site, TableDataset, data_info
+from medfed.datasets.base import DataInfo, Site, TableDataset, data_info, units_of
 from medfed.datasets.partition import partition_rows
-from medfed.datasets.splits import check_site_size, fixed_split, split_rows
+from medfed.datasets.shift import shift_sites
+from medfed.datasets.splits import check_site_size, fixed_split, split_units
 from medfed.errors import MedFedError, warn
 from medfed.seeds import derive_seed
 from medfed.tasks import get_task
@@ -56,11 +57,11 @@ def build_sites(data: TableDataset, scheme: str, n_sites: int, *, alpha: float =
                                        or data.keep_split):
             train, test = fixed_split(rows, data.split)
         else:
-            train, test = split_rows(rows, data.y, test_fraction,
-                                     derive_seed(seed, name, "split"), data.task,
-                                     where=where, fix=SMALL_SITE_FIX)
+            train, test = split_units(rows, data.y, data.units, test_fraction,
+                                      derive_seed(seed, name, "split"), data.task,
+                                      where=where, fix=SMALL_SITE_FIX)
         sites.append(Site(name, data.x[train], data.y[train], data.x[test], data.y[test],
-                          task=data.task))
+                          task=data.task, units_train=units_of(data, train), unit=data.unit))
     check_sites(sites, data.name)
     return sites
 
@@ -95,6 +96,7 @@ def simulated_sites_and_schema(experiment_json: str
     sites = build_sites(data, cfg.partition.scheme, cfg.partition.sites,
                         alpha=cfg.partition.alpha, test_fraction=cfg.partition.test_fraction,
                         min_size=cfg.partition.min_site_size, seed=cfg.partition_seed)
+    sites = shift_sites(sites, cfg.partition.shift, cfg.partition_seed)  # per-site scanner
     return sites, data_info(data), data.schema()
 
 

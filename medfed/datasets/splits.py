@@ -42,6 +42,24 @@ def split_rows(rows: np.ndarray, y: np.ndarray, test_fraction: float, seed: int,
     return np.sort(train), np.sort(test)
 
 
+def split_units(rows: np.ndarray, y: np.ndarray, units: np.ndarray | None,
+                test_fraction: float, seed: int, task: str = "binary", **kwargs
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``split_rows`` with every unit (patient, stay) whole on one side: a patient's rows,
+    slices or images never train and test at once. ``units``: (N,) one id per row of the
+    table (None, or one row per unit: ``split_rows`` itself). Units are stratified by their
+    first row's label."""
+    if units is None:
+        return split_rows(rows, y, test_fraction, seed, task, **kwargs)
+    ids = np.asarray(units)[rows].astype(str)
+    _, first = np.unique(ids, return_index=True)
+    if len(first) == len(rows):
+        return split_rows(rows, y, test_fraction, seed, task, **kwargs)
+    train_first, _ = split_rows(rows[first], y, test_fraction, seed, task, **kwargs)
+    in_train = np.isin(ids, ids[np.isin(rows, train_first)])
+    return np.sort(rows[in_train]), np.sort(rows[~in_train])
+
+
 def stratify_labels(y: np.ndarray, task: str, min_class_rows: int, where: str
                     ) -> np.ndarray | None:
     """What to stratify ``y`` by, or None; warns when a rare class forces a random split."""

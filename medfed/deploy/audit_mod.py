@@ -1,9 +1,10 @@
 """The site's audit trail: a ClientApp mod recording what leaves the hospital in each reply.
 
 Active when the SuperNode's node config has ``audit-log`` (set by `medfed client start`):
-every reply appends one hash-chained entry (see ``medfed.deploy.audit``) with the message type,
-run and round, the arrays' names, shapes, bytes and SHA-256, and the metric names and
-values (counts, losses, privacy spent) — never rows or identifiers.
+every reply appends one hash-chained entry (see ``medfed.deploy.audit``, which also signs the
+log's head) with the message type, the coordinator's MedFed run id (stable across a resume;
+Flower's own run id beside it), the round, the arrays' names, shapes, bytes and SHA-256, and
+the metric names and values (counts, losses, privacy spent) — never rows or identifiers.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ def outgoing_audit_mod(msg: Message, context: Context, call_next: ClientAppCalla
     path = context.node_config.get(NODE_AUDIT_LOG)
     if not path:
         return reply
-    fields = {"run_id": str(msg.metadata.run_id), "message_type": msg.metadata.message_type,
-              "round": msg.metadata.group_id or None}
+    fields = audit.message_fields(msg, context.run_config)
     if reply.has_error():
         audit.append(str(path), "reply_error", **fields, reason=reply.error.reason[:300])
         return reply

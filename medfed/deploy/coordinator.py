@@ -9,7 +9,9 @@ Run config keys (written by `medfed run`): ``experiment`` (ExperimentConfig JSON
 The run folder receives, atomically: ``round.safetensors`` after every round (resume),
 ``progress.json`` (live history), ``best.safetensors``/``final.safetensors`` with
 ``result.json`` at the end, and ``status.json``. The coordinator's hash-chained audit log
-(``<state>/audit.jsonl``) records runs, rounds, nodes joining and leaving.
+(``<state>/audit.jsonl``, its head signed after every entry) records runs, rounds, nodes
+joining and leaving; every entry of a run carries its ``run_id`` and ``round`` (0 before
+round 1). Each round's history record names the nodes that trained and evaluated in it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from flwr.serverapp import Grid
 
 from medfed.config import RUN_EXPERIMENT, ExperimentConfig, config_from_json
 from medfed.deploy import audit, flower
+from medfed.deploy.participation import RoundParticipation
+from medfed.deploy.policy import record_refusal
 from medfed.deploy.resume import load_round, restore_strategy, save_round
+from medfed.deploy.state import was_interrupted
 from medfed.deploy.supernode import fast_object_pulls
 from medfed.federation import messages
 from medfed.federation.checkpoint import arrays_to_bytes
@@ -44,15 +49,19 @@ HIGHER_IS_BETTER = ("auroc", "auprc", "balanced_accuracy", "accuracy", "c_index"
 
 
 class SiteLedger:
-    """Per-node facts the model card needs: training sizes, last metrics, privacy spent."""
+    """Per-node facts the model card needs: training sizes, last metrics, privacy spent;
+    per round, which nodes trained and evaluated and what each reported
+    (``medfed.deploy.participation``)."""
 
     def __init__(self) -> None:
         self.sites: dict[str, dict[str, Any]] = {}
+        self.rounds = RoundParticipation()
 
-    def record(self, reply: Message) -> None:
+    def record(self, reply: Message, rnd: int = 0) -> None:
         node = str(reply.metadata.src_node_id)
         site = self.sites.setdefault(node, {})
         kind = reply.metadata.message_type.split(".")[0]
+        self.rounds.record(reply, rnd)
         for name, metrics in reply.content.metric_records.items():
             values = {k: (v if not isinstance(v, list) else None) for k, v in metrics.items()}
             values = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
@@ -74,20 +83,22 @@ def make_exchange(poll: float, ledger: SiteLedger, audit_path: Path,
     def exchange(grid: Grid, batch: list[Message], timeout: float) -> list[Message]:
         if not batch:
             return []
-        first = batch[0].metadata
+        first, rnd = batch[0].metadata, audit.message_round(batch[0])
         if first.message_type == "train":
-            audit.append(audit_path, "round_started", run_id=run_id, round=first.group_id,
+            audit.append(audit_path, "round_started", run_id=run_id, round=rnd,
                          nodes=sorted(str(m.metadata.dst_node_id) for m in batch))
         replies, missing = push_and_pull(grid, batch, timeout, poll)
         for reply in replies:
-            if reply.has_error():
+            if reply.has_error() and reply.error.code == messages.POLICY_REFUSED:
+                record_refusal(audit_path, run_id, reply)
+            elif reply.has_error():
                 log.warning("site %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
             else:
-                ledger.record(reply)
+                ledger.record(reply, rnd)
         if missing:
             log.warning("no reply within %.0f s from node(s) %s", timeout, ", ".join(missing))
-            audit.append(audit_path, "sites_timed_out", run_id=run_id, nodes=missing,
-                         message_type=first.message_type)
+            audit.append(audit_path, "sites_timed_out", run_id=run_id, round=rnd,
+                         nodes=missing, message_type=first.message_type)
         return replies
 
     return exchange
@@ -122,20 +133,25 @@ class RoundWriter:
     """After each round: checkpoint, progress, best model, audit entries for nodes."""
 
     def __init__(self, run_dir: Path, audit_path: Path, run_id: str, grid: Grid,
-                 best: float | None) -> None:
+                 best: float | None, ledger: SiteLedger | None = None) -> None:
         self.run_dir, self.audit_path, self.run_id, self.grid = run_dir, audit_path, run_id, grid
-        self.best = best
+        self.best, self.ledger = best, ledger or SiteLedger()
         self.nodes: set[int] = set()
+        self.round = 0  # the last completed round (the resumed one at first)
 
     def nodes_changed(self) -> None:
         now = set(self.grid.get_node_ids())
         for node in sorted(now - self.nodes):
-            audit.append(self.audit_path, "node_joined", run_id=self.run_id, node_id=str(node))
+            audit.append(self.audit_path, "node_joined", run_id=self.run_id, round=self.round,
+                         node_id=str(node))
         for node in sorted(self.nodes - now):
-            audit.append(self.audit_path, "node_left", run_id=self.run_id, node_id=str(node))
+            audit.append(self.audit_path, "node_left", run_id=self.run_id, round=self.round,
+                         node_id=str(node))
         self.nodes = now
 
     def __call__(self, rnd: int, arrays: ArrayRecord, strategy, summary, history) -> None:
+        self.round = rnd
+        history[-1].update(self.ledger.rounds.facts(rnd))  # who trained/evaluated, when
         save_round(self.run_dir, rnd, arrays, strategy, summary, history)
         record = history[-1]
         score = primary_score(record)
@@ -162,18 +178,19 @@ def deployment_main(grid: Grid, context: Context) -> None:
     best = _best_score(run_dir) if resume is not None else None
     _record_start(run_dir, audit_path, run_id, str(context.run_id), cfg.rounds, resume)
     ledger = SiteLedger()
-    writer = RoundWriter(run_dir, audit_path, run_id, grid, best)
+    writer = RoundWriter(run_dir, audit_path, run_id, grid, best, ledger)
+    writer.round = resume.round if resume is not None else 0
     hooks = _round_hooks(context, cfg, resume, writer, make_exchange(
         float(_setting(context, flower.RUN_POLL_INTERVAL)), ledger, audit_path, run_id))
     try:
         writer.nodes_changed()
         result = run_federation(grid, cfg, hooks)
     except Exception as exc:
-        _record_failure(run_dir, audit_path, run_id, exc)
+        _record_failure(run_dir, audit_path, run_id, exc, min(writer.round + 1, cfg.rounds))
         raise
     _record_result(run_dir, run_id, result, ledger)
     atomic_write_json(run_dir / "status.json", {"status": "finished", "run_id": run_id})
-    audit.append(audit_path, "run_finished", run_id=run_id, rounds=cfg.rounds)
+    audit.append(audit_path, "run_finished", run_id=run_id, round=cfg.rounds, rounds=cfg.rounds)
 
 
 def _setting(context: Context, key: str) -> Any:
@@ -191,8 +208,8 @@ def _record_start(run_dir: Path, audit_path: Path, run_id: str, flower_run_id: s
     if resume is not None:
         _record_checkpointed_rounds(audit_path, run_id, resume)
     audit.append(audit_path, "run_resumed" if resume else "run_started", run_id=run_id,
-                 flower_run_id=flower_run_id, rounds=rounds,
-                 from_round=(resume.round + 1) if resume else 1)
+                 round=resume.round if resume else 0, flower_run_id=flower_run_id,
+                 rounds=rounds, from_round=(resume.round + 1) if resume else 1)
     atomic_write_json(run_dir / "status.json", {"status": "running", "run_id": run_id,
                                                 "flower_run_id": flower_run_id})
 
@@ -210,10 +227,12 @@ def _record_checkpointed_rounds(audit_path: Path, run_id: str, resume: ResumePoi
                          recorded="on resume, from the round's checkpoint")
 
 
-def _record_failure(run_dir: Path, audit_path: Path, run_id: str, exc: Exception) -> None:
-    atomic_write_json(run_dir / "status.json", {"status": "failed", "run_id": run_id,
-                                                "error": str(exc)})
-    audit.append(audit_path, "run_failed", run_id=run_id, error=str(exc)[:300])
+def _record_failure(run_dir: Path, audit_path: Path, run_id: str, exc: Exception,
+                    rnd: int = 0) -> None:
+    if not was_interrupted(run_dir):  # `medfed run` stopped it: the failure is the stop
+        atomic_write_json(run_dir / "status.json", {"status": "failed", "run_id": run_id,
+                                                    "error": str(exc)})
+    audit.append(audit_path, "run_failed", run_id=run_id, round=rnd, error=str(exc)[:300])
 
 
 def _round_hooks(context: Context, cfg: ExperimentConfig, resume: ResumePoint | None,
@@ -222,7 +241,8 @@ def _round_hooks(context: Context, cfg: ExperimentConfig, resume: ResumePoint | 
     return RoundHooks(exchange=exchange, timeout=float(_setting(context, flower.RUN_ROUND_TIMEOUT)),
                       wait_timeout=float(_setting(context, flower.RUN_WAIT_TIMEOUT)), resume=resume,
                       on_checkpoint=writer, restore_strategy=restore_strategy,
-                      min_replies=min(cfg.strategy.min_sites, cfg.partition.sites))
+                      min_replies=min(cfg.strategy.min_sites, cfg.partition.sites),
+                      expected_sites=cfg.partition.sites)  # hospitals, whatever the scheme
 
 
 def _record_result(run_dir: Path, run_id: str, result: FederationResult,
@@ -234,5 +254,7 @@ def _record_result(run_dir: Path, run_id: str, result: FederationResult,
         "summary": {"task": result.summary.task, "input_shape": list(result.summary.input_shape),
                     "n_classes": result.summary.n_classes, "n_train": result.summary.n_train,
                     # the model card's preprocessing: `medfed predict` scales rows with it
-                    "scaling": {k: list(v) for k, v in result.summary.scaling.items()}},
+                    "scaling": {k: list(v) for k, v in result.summary.scaling.items()},
+                    # what each site withheld from the scaling (small cells) or noised
+                    "small_cells": result.summary.small_cells},
         "federated_s": result.seconds})

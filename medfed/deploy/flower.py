@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medfed.config import NODE_DATA_PATH, RUN_EXPERIMENT
+from medfed.config import NODE_DATA_PATH, RUN_EXPERIMENT, RUN_ID
 from medfed.errors import MedFedError
 from medfed.federation.app import app_pyproject, flower_env
 from medfed.io import atomic_write_json, atomic_write_text
@@ -44,11 +44,12 @@ RUN_ROUND_TIMEOUT = "round-timeout"
 RUN_WAIT_TIMEOUT = "wait-timeout"
 RUN_POLL_INTERVAL = "poll-interval"
 RUN_JOB = "job"  # "train" (`medfed run`) or "stats" (`medfed stats --superlink`)
+RUN_SIGNATURE = "experiment-signature"  # the coordinator's signature (medfed.deploy.policy)
 NODE_AUDIT_LOG = "audit-log"
 DEPLOY_RUN_CONFIG: dict[str, Any] = {RUN_EXPERIMENT: "", RUN_STATE_DIR: "", RUN_DEPLOY_ID: "",
                                      RUN_RESUME: False, RUN_ROUND_TIMEOUT: 600.0,
                                      RUN_WAIT_TIMEOUT: 300.0, RUN_POLL_INTERVAL: 0.1,
-                                     RUN_JOB: "train"}
+                                     RUN_JOB: "train", RUN_SIGNATURE: "", RUN_ID: ""}
 APP_PYPROJECT = app_pyproject(DEPLOY_RUN_CONFIG, serverapp=SERVER_APP, clientapp=CLIENT_APP)
 
 
@@ -222,14 +223,18 @@ def run_config_toml(values: dict[str, Any]) -> str:
 
 def supernode_args(superlink: str, root_cert: Path | None, key: Path | None, data: Path,
                    runtime_port: int, audit_log: Path, insecure: bool = False,
-                   min_count: int | None = None) -> list[str]:
+                   min_count: int | None = None,
+                   extra_config: dict[str, str] | None = None) -> list[str]:
     """``flower-supernode`` flags: TLS to the SuperLink, node key, site data as node config
-    (and the site's own small-cell floor for statistics queries, when it sets one)."""
+    (and the site's own small-cell floor for statistics queries, when it sets one;
+    ``extra_config``: more node config strings, e.g. the site policy)."""
     from medfed.federation.stats import NODE_MIN_COUNT
 
     node_config = f'{NODE_DATA_PATH}="{data.resolve()}" {NODE_AUDIT_LOG}="{audit_log.resolve()}"'
     if min_count is not None:
         node_config += f" {NODE_MIN_COUNT}={int(min_count)}"
+    for name, value in (extra_config or {}).items():
+        node_config += f' {name}="{value}"'
     args = ["--superlink", superlink, "--isolation", "process", "--port", str(runtime_port),
             "--node-config", node_config]
     if insecure:
@@ -246,8 +251,12 @@ def executor_command(runtime_port: int, parent_pid: int) -> list[str]:
             f"127.0.0.1:{runtime_port}", "--parent-pid", str(parent_pid)]
 
 
-def supernode_command(flags: list[str], parent_pid: int) -> list[str]:
-    """Flower's SuperNode with ``flags`` (see ``supernode_args``), tuned by MedFed."""
+def supernode_command(flags: list[str], parent_pid: int, session_file: Path | None = None,
+                      key_sha256: str = "") -> list[str]:
+    """Flower's SuperNode with ``flags`` (see ``supernode_args``), tuned by MedFed; it records
+    each activation of the key ``key_sha256`` in ``session_file``."""
+    session = ["--session-file", str(session_file), "--key-sha256", key_sha256] \
+        if session_file is not None else []
     return [sys.executable, "-m", "medfed.deploy.supernode", "supernode", "--parent-pid",
-            str(parent_pid), "--", *flags]
+            str(parent_pid), *session, "--", *flags]
 

@@ -24,6 +24,11 @@ from flwr.app import ConfigRecord
 
 from medfed.config import ExperimentConfig
 from medfed.datasets.base import DataInfo
+from medfed.deploy.participation import (
+    PRIVACY_PREFIXES,
+    card_participation,
+    dropout_warning,
+)
 from medfed.deploy.signing import (
     CARD_JSON,
     CARD_MD,
@@ -112,30 +117,31 @@ def log_new_rounds(client: MlflowClient, mlflow_run_id: str, run_dir: Path,
 
 def model_card(run_dir: Path, cfg: ExperimentConfig, kind: str,
                nodes: dict[str, Any]) -> dict[str, Any]:
-    """What a reader of the model needs: task, sites and sizes, config, metrics, privacy."""
+    """What a reader of the model needs: task, sites and sizes, config, metrics, privacy;
+    per round which hospitals trained and evaluated, each hospital's metrics from the last
+    round it took part in (dated), the hospitals a pooled figure covers, and a warning when
+    a registered hospital was missing at the end."""
     result = json.loads((run_dir / "result.json").read_text())
     names = {entry["node_id"]: name for name, entry in nodes.items()}
     best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() \
         else None
     history = result["history"]
     chosen = best["round"] if kind == "best" and best else history[-1]["round"]
-    privacy_mode = cfg.privacy.mode
-    sites = []
-    for node_id, info in sorted(result["sites"].items()):
-        sites.append({"site": names.get(node_id, f"node {node_id}"), "node_id": node_id,
-                      "n_train": info.get("n_train"), "n_test": info.get("n_test"),
-                      "metrics": info.get("metrics", {}),
-                      "privacy": info.get("privacy") or {"mode": privacy_mode}})
+    participation = card_participation(history, names, sorted(nodes), chosen)
+    sites = _card_sites(result, participation, names, cfg, chosen)
     record = next((h for h in history if h["round"] == chosen), history[-1])
     card = {"name": model_name(cfg), "kind": kind, "run_id": result["run_id"],
             "round": chosen, "rounds": cfg.rounds, "task": result["summary"]["task"],
             "input_shape": result["summary"]["input_shape"],
             "n_classes": result["summary"]["n_classes"], "dataset": cfg.dataset.name,
             "model": cfg.model.name, "strategy": cfg.strategy.name,
-            "federated_metrics": record.get("federated_eval", {}), "sites": sites,
+            "federated_metrics": record.get("federated_eval", {}),
+            "federated_metrics_cover": participation["pooled_cover"], "sites": sites,
+            "participation": participation,
             "privacy": json.loads(cfg.privacy.model_dump_json()),
             "config": json.loads(cfg.to_json()),
             "weights_format": "safetensors"}
+    card["warning"] = dropout_warning(card)
     card["preprocessing"] = preprocessing_section(cfg, summary_info(result["summary"]),
                                                   read_scaling(ConfigRecord(
                                                       result["summary"].get("scaling") or {})),
@@ -143,7 +149,48 @@ def model_card(run_dir: Path, cfg: ExperimentConfig, kind: str,
     trained = dt.datetime.fromtimestamp((run_dir / "result.json").stat().st_mtime, dt.UTC)
     card.update(deployment_sections(cfg, card["task"], sites, history,
                                     trained.isoformat(timespec="seconds")))
+    _date_site_rows(card)
     return card
+
+
+def _card_sites(result: dict[str, Any], participation: dict[str, Any], names: dict[str, str],
+                cfg: ExperimentConfig, chosen: int) -> list[dict[str, Any]]:
+    """One row per hospital that took part: sizes, its metrics from the last round it
+    evaluated in (with that round and date), whether it stayed to round ``chosen``."""
+    ledger = result.get("sites") or {}
+    rows = []
+    for site, seen in sorted(participation["sites"].items()):
+        node = seen["node_id"]
+        privacy = {k: v for k, v in seen.items() if k.startswith(PRIVACY_PREFIXES)}
+        rows.append({"site": site, "node_id": node, "n_train": seen.get("n_train"),
+                     "n_test": seen.get("n_test"), "metrics": seen.get("metrics", {}),
+                     "metrics_round": seen.get("metrics_round"),
+                     "metrics_date": seen.get("metrics_date"),
+                     "last_round": seen["last_round"], "last_date": seen.get("last_date"),
+                     "to_the_end": seen["last_round"] == chosen,
+                     "privacy": privacy or (ledger.get(node) or {}).get("privacy")
+                     or {"mode": cfg.privacy.mode}})
+    if rows or not ledger:
+        return rows
+    for node_id, info in sorted(ledger.items()):  # a run from before rounds were tracked
+        rows.append({"site": names.get(node_id, f"node {node_id}"), "node_id": node_id,
+                     "n_train": info.get("n_train"), "n_test": info.get("n_test"),
+                     "metrics": info.get("metrics", {}), "metrics_round": None,
+                     "metrics_date": None, "last_round": None, "last_date": None,
+                     "to_the_end": None,
+                     "privacy": info.get("privacy") or {"mode": cfg.privacy.mode}})
+    return rows
+
+
+def _date_site_rows(card: dict[str, Any]) -> None:
+    """Per-site metric rows say which round (and when) they come from; a hospital missing at
+    the end is a known limit of the model."""
+    by_site = {s["site"]: s for s in card["sites"]}
+    for row in card.get("per_site_metrics", []):
+        site = by_site.get(row["site"], {})
+        row["round"], row["date"] = site.get("metrics_round"), site.get("metrics_date")
+    if card["warning"]:
+        card["known_limits"].insert(0, card["warning"])
 
 
 def summary_info(summary: dict[str, Any]) -> DataInfo:
@@ -153,21 +200,37 @@ def summary_info(summary: dict[str, Any]) -> DataInfo:
 
 
 def card_markdown(card: dict[str, Any]) -> str:
+    cover = card.get("federated_metrics_cover") or {}
     lines = [f"# {card['name']} ({card['kind']} model, round {card['round']} of "
-             f"{card['rounds']})", "",
-             f"- Task: {card['task']}; dataset format: {card['dataset']}; model: "
-             f"{card['model']}; strategy: {card['strategy']}",
-             f"- Run: {card['run_id']}; weights: model.safetensors (signed, see signature.json)",
-             f"- Privacy: {card['privacy']['mode']}", "", "## Federated metrics", ""]
+             f"{card['rounds']})", ""]
+    if card.get("warning"):
+        lines += [f"**Warning: {card['warning']}.**", ""]
+    lines += [f"- Task: {card['task']}; dataset format: {card['dataset']}; model: "
+              f"{card['model']}; strategy: {card['strategy']}",
+              f"- Run: {card['run_id']}; weights: model.safetensors (signed, see "
+              "signature.json)",
+              f"- Privacy: {card['privacy']['mode']}", "",
+              "## Federated metrics" + (f" (pooled over {', '.join(cover['sites'])}, round "
+                                        f"{cover['round']})" if cover else ""), ""]
     lines += [f"- {k}: {v:.4f}" for k, v in card["federated_metrics"].items() if v is not None]
-    lines += ["", "## Sites", "", "| site | train | test | metrics | privacy |",
-              "|---|---|---|---|---|"]
+    lines += ["", "## Sites", "", "| site | train | test | metrics | from round | last round "
+              "| privacy |", "|---|---|---|---|---|---|---|"]
     for site in card["sites"]:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in site["metrics"].items()
                             if k in ("auroc", "accuracy", "balanced_accuracy") and v is not None)
         privacy = ", ".join(f"{k} {v}" for k, v in site["privacy"].items())
+        dated = f"{site.get('metrics_round')} ({site.get('metrics_date')})" \
+            if site.get("metrics_round") else "—"
+        last = "—" if site.get("last_round") is None else \
+            f"{site['last_round']}" + ("" if site.get("to_the_end") else " (left)")
         lines.append(f"| {site['site']} | {site['n_train']} | {site['n_test']} | {metrics} | "
-                     f"{privacy} |")
+                     f"{dated} | {last} | {privacy} |")
+    rounds = card.get("participation", {}).get("rounds") or []
+    if rounds:
+        lines += ["", "## Rounds", "", "| round | finished | trained | evaluated |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['round']} | {r['date']} | {', '.join(r['trained']) or '—'} | "
+                  f"{', '.join(r['evaluated']) or '—'} |" for r in rounds]
     if "per_site_metrics" in card:  # intended use, CIs, calibration, limits
         lines += card_markdown_lines(card)
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """Typed reading of the coordinator's state files: ``server.json``, ``nodes.json`` and each
-run's ``status.json``. A damaged file is one line per kind of damage (binary, not JSON, not
-an object, a field of the wrong type), never a traceback deep inside a command."""
+run's ``status.json`` (and ``mark_interrupted``, the one status `medfed run` writes itself).
+A damaged file is one line per kind of damage (binary, not JSON, not an object, a field of
+the wrong type), never a traceback deep inside a command."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class RunStatus(BaseModel):
     """``STATE/runs/RUN_ID/status.json``, written by the coordinator."""
 
     model_config = ConfigDict(extra="allow")
-    status: Literal["running", "finished", "failed"]
+    status: Literal["running", "finished", "failed", "interrupted"]
     run_id: str
     flower_run_id: str | None = None
     error: str | None = None
@@ -108,3 +109,27 @@ def read_status(run_dir: Path) -> RunStatus | None:
         return None
     return parse_state(path, RunStatus, "run status", "restore status.json from a backup, or "
                        "delete it to resume from the last checkpoint (round.safetensors)")
+
+
+def mark_interrupted(run_dir: Path, reason: str = "stopped with Ctrl-C") -> None:
+    """``status.json`` says ``interrupted`` (atomically), unless the run already ended."""
+    from medfed.io import atomic_write_json
+
+    path = run_dir / "status.json"
+    try:
+        current = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        current = {}
+    if isinstance(current, dict) and current.get("status") == "finished":
+        return
+    previous = current if isinstance(current, dict) else {}
+    atomic_write_json(path, {**previous, "status": "interrupted", "run_id": run_dir.name,
+                             "error": reason})
+
+
+def was_interrupted(run_dir: Path) -> bool:
+    """True when `medfed run` recorded that it stopped this run (Ctrl-C)."""
+    try:
+        return json.loads((run_dir / "status.json").read_text()).get("status") == "interrupted"
+    except (OSError, ValueError, AttributeError):
+        return False

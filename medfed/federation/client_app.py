@@ -19,20 +19,23 @@ from flwr.clientapp.typing import Mod
 from medfed.config import (
     NODE_DATA_PATH,
     NODE_PARTITION_ID,
+    RUN_AUDIT_CANARIES,
     RUN_EXPERIMENT,
     ExperimentConfig,
     config_from_json,
 )
 from medfed.datasets.base import DataInfo, Site
-from medfed.datasets.scaling import site_moments, standardize
+from medfed.datasets.scaling import standardize
 from medfed.datasets.sites import hospital_site, simulated_federation
 from medfed.errors import MedFedError
-from medfed.federation import messages
-from medfed.federation.stats import stats_query
+from medfed.federation import messages, personalize, secagg
+from medfed.federation.stats import NODE_MIN_COUNT, stats_query
 from medfed.federation.train import predict, train_local
 from medfed.models import for_experiment, site_state_dict
 from medfed.models.runtime import on_device, pick_device
 from medfed.privacy.central import central_clipping_mod
+from medfed.privacy.site_stats import StatsBudgetExhausted
+from medfed.privacy.small_cells import site_summary_moments, small_test_metrics
 from medfed.seeds import derive_seed
 from medfed.tasks import get_task
 
@@ -54,7 +57,12 @@ def load_site(context: Context) -> tuple[Site, DataInfo]:
     experiment_json = str(context.run_config[RUN_EXPERIMENT])
     if NODE_PARTITION_ID in context.node_config:
         sites, info = simulated_federation(experiment_json)
-        return sites[int(context.node_config[NODE_PARTITION_ID])], info
+        site = sites[int(context.node_config[NODE_PARTITION_ID])]
+        if RUN_AUDIT_CANARIES in context.run_config:  # `medfed privacy audit`: canaries join
+            from medfed.privacy.audit import with_canaries
+
+            site = with_canaries(site, info.n_classes, str(context.run_config[RUN_AUDIT_CANARIES]))
+        return site, info
     if NODE_DATA_PATH in context.node_config:
         return hospital_site(experiment_json, str(context.node_config[NODE_DATA_PATH]))
     raise MedFedError("node config has neither 'partition-id' (simulation) nor 'data-path' "
@@ -108,10 +116,30 @@ def site_summary(msg: Message, context: Context) -> Message:
                            messages.STANDARDIZE: info.standardize})
     metrics = MetricRecord({messages.NUM_EXAMPLES: site.n_train, messages.N_TEST: site.n_test})
     if info.standardize:  # tabular only: images are normalised by their transforms
-        _, sums, squares = site_moments(site.x_train.reshape(site.n_train, -1))
-        metrics[messages.FEATURE_SUM] = sums.tolist()
-        metrics[messages.FEATURE_SUMSQ] = squares.tolist()
+        try:
+            metrics.update(_moments(msg, context, site))
+        except StatsBudgetExhausted as exc:
+            return Message(error=Error(messages.BUDGET_EXHAUSTED, str(exc)), reply_to=msg)
     return _reply(msg, {messages.SUMMARY: config, messages.METRICS: metrics})
+
+
+def _moments(msg: Message, context: Context, site: Site) -> dict[str, list]:
+    """Feature moments with small cells withheld (and noised under a privacy mode)."""
+    cfg = experiment_config(context)
+    k = site_min_count(context, cfg)
+    simulated = NODE_PARTITION_ID in context.node_config
+    moments = site_summary_moments(site.x_train.reshape(site.n_train, -1), cfg, k, context,
+                                   site.name, msg.metadata.message_id,
+                                   derive_seed(cfg.seed, site.name, 0, "summary")
+                                   if simulated else None)
+    return {messages.FEATURE_N: moments.n.tolist(), messages.FEATURE_SUM: moments.sums.tolist(),
+            messages.FEATURE_SUMSQ: moments.squares.tolist(),
+            messages.MIN_COUNT: k, messages.NOISED: int(cfg.privacy.mode != "none")}
+
+
+def site_min_count(context: Context, cfg: ExperimentConfig) -> int:
+    """k: the experiment's ``privacy.min_count``, or the site's own floor when higher."""
+    return max(cfg.privacy.min_count, int(context.node_config.get(NODE_MIN_COUNT, 0)))
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -119,6 +147,7 @@ def train(msg: Message, context: Context) -> Message:
     site, info = load_site(context)
     config = msg.content[messages.CONFIG]
     model = _model(context, info, msg.content[messages.ARRAYS])
+    personalize.overlay_local(model, cfg, context, site.name)  # fedbn/perhead: own layers
     server_round = int(config.get(messages.SERVER_ROUND, 1))
     seed = derive_seed(cfg.seed, site.name, server_round, "train")  # not the node id: random
     if cfg.privacy.mode == "dp-sgd":
@@ -129,19 +158,43 @@ def train(msg: Message, context: Context) -> Message:
             stats = train_round(model, _scaled(site.x_train, info, config), site.y_train,
                                 get_task(info.task), cfg, site=site.name, context=context,
                                 server_round=server_round, seed=seed if simulated else None,
-                                device=pick_device(cfg.train.device))
+                                device=pick_device(cfg.train.device),
+                                units=site.units_train, data_unit=site.unit)
         except BudgetExhausted as exc:  # the server logs it; the run goes on with the others
             return Message(error=Error(messages.BUDGET_EXHAUSTED, str(exc)), reply_to=msg)
+        stats.update(_ditto(msg, context, cfg, site, info, seed if simulated else None))
         metrics = MetricRecord({**stats, messages.NUM_EXAMPLES: site.n_train})
-        arrays = ArrayRecord(site_state_dict(on_device(model, CPU), site.x_train))
-        return _reply(msg, {messages.ARRAYS: arrays, messages.METRICS: metrics})
+        return _reply(msg, {messages.ARRAYS: _shared(model, cfg, context, site),
+                            messages.METRICS: metrics})
     stats = train_local(model, _scaled(site.x_train, info, config), site.y_train,
                         get_task(info.task), cfg.train, epochs=cfg.train.local_epochs, seed=seed,
                         proximal_mu=float(config.get(messages.PROXIMAL_MU, 0.0)),
                         device=pick_device(cfg.train.device))
+    stats.update(_ditto(msg, context, cfg, site, info, seed))
     metrics = MetricRecord({**stats, messages.NUM_EXAMPLES: site.n_train})
-    arrays = ArrayRecord(site_state_dict(on_device(model, CPU), site.x_train))
-    return _reply(msg, {messages.ARRAYS: arrays, messages.METRICS: metrics})
+    return _reply(msg, {messages.ARRAYS: _shared(model, cfg, context, site),
+                        messages.METRICS: metrics})
+
+
+def _shared(model, cfg: ExperimentConfig, context: Context, site: Site) -> ArrayRecord:
+    """The arrays the reply carries: all but the site-local ones (fedbn/perhead keep theirs
+    on the site's disk)."""
+    state = site_state_dict(on_device(model, CPU), site.x_train)
+    return ArrayRecord(personalize.shared_state(state, model, cfg, context, site.name))
+
+
+def _ditto(msg: Message, context: Context, cfg: ExperimentConfig, site: Site, info: DataInfo,
+           seed: int | None) -> dict[str, float]:
+    """Ditto's personal update beside the global one (none unless `personalize: [ditto]`)."""
+    if not personalize.runs_ditto(cfg, context):
+        return {}
+    server_round = int(msg.content[messages.CONFIG].get(messages.SERVER_ROUND, 1))
+    return personalize.train_ditto(
+        _template(str(context.run_config[RUN_EXPERIMENT]), info), msg.content[messages.ARRAYS],
+        _scaled(site.x_train, info, msg.content[messages.CONFIG]), site.y_train,
+        get_task(info.task), cfg, context=context, site=site.name, server_round=server_round,
+        seed=None if seed is None else derive_seed(seed, "ditto"),
+        device=pick_device(cfg.train.device), units=site.units_train, data_unit=site.unit)
 
 
 def evaluate_site(model, site: Site, info: DataInfo, config: ConfigRecord) -> dict[str, float]:
@@ -155,9 +208,11 @@ def evaluate_site(model, site: Site, info: DataInfo, config: ConfigRecord) -> di
 def evaluate(msg: Message, context: Context) -> Message:
     cfg = experiment_config(context)
     site, info = load_site(context)
-    model = _model(context, info, msg.content[messages.ARRAYS]).to(
-        pick_device(cfg.train.device))
-    metrics = evaluate_site(model, site, info, msg.content[messages.CONFIG])
+    model = _model(context, info, msg.content[messages.ARRAYS])
+    personalize.overlay_local(model, cfg, context, site.name)  # fedbn/perhead: own layers
+    model = model.to(pick_device(cfg.train.device))
+    metrics = small_test_metrics(evaluate_site(model, site, info, msg.content[messages.CONFIG]),
+                                 site.n_test, site_min_count(context, cfg))
     metrics[messages.NUM_EXAMPLES] = site.n_test
     return _reply(msg, {messages.METRICS: MetricRecord(metrics)})
 
@@ -167,7 +222,9 @@ def build_app(mods: Sequence[Mod] = ()) -> ClientApp:
     app = ClientApp(mods=list(mods))
     app.query(messages.SITE_SUMMARY_ACTION)(site_summary)
     app.query(messages.STATS_ACTION)(stats_query)  # `medfed stats` (federation/stats.py)
-    app.train(mods=[central_clipping_mod])(train)  # Flower's client-side clipping when asked
+    app.query(messages.SECAGG_ACTION)(secagg.stage_handler(experiment_config))
+    # secure aggregation masks what Flower's client-side clipping (when asked) lets out
+    app.train(mods=[secagg.secagg_mod(experiment_config), central_clipping_mod])(train)
     app.evaluate()(evaluate)
     return app
 

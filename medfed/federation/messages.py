@@ -23,6 +23,16 @@ STATS_REPLY = "stats-json"  # the site's answer as JSON: counts, sums, "<k" for 
 # the Flower error code of a site that refuses to train (its privacy budget is spent)
 BUDGET_EXHAUSTED = 4001
 
+# secure aggregation (federation/secagg.py): the key stages are queries, the masked update
+# answers the train message; a site refuses what the protocol does not allow with this code
+SECAGG_ACTION = "secagg"
+SECAGG_MESSAGE = f"query.{SECAGG_ACTION}"
+SECAGG = "secagg"  # ConfigRecord of protocol fields, both directions
+SECAGG_MASKED = "secagg-masked"  # ArrayRecord of the site's masked vector (int64, mod 2**62)
+SECAGG_REFUSED = 4002
+# ... and of a site whose policy refuses the experiment (medfed.deploy.policy)
+POLICY_REFUSED = 4003
+
 # record names inside a message's RecordDict
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -38,6 +48,9 @@ NUM_EXAMPLES = "num-examples"  # Flower's strategies weight replies by this key
 N_TEST = "n-test"
 FEATURE_SUM = "feature-sum"
 FEATURE_SUMSQ = "feature-sumsq"
+FEATURE_N = "feature-n"  # rows behind each feature's sums; 0: withheld (a small cell)
+MIN_COUNT = "min-count"  # the site's k for small cells
+NOISED = "noised"  # 1: count-like sums carry calibrated noise (privacy.mode set)
 
 # the federation's feature scaling, sent with every train/evaluate config
 FEATURE_MEAN = "feature-mean"

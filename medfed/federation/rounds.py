@@ -29,10 +29,12 @@ from medfed.datasets.base import DataInfo, DataShape
 from medfed.datasets.scaling import combine_moments
 from medfed.errors import MedFedError
 from medfed.federation import messages
+from medfed.federation.secagg import secure_train
 from medfed.models import for_experiment
 from medfed.privacy.central import wrap_strategy
 from medfed.seeds import globals_seeded
 from medfed.strategies import build_strategy
+from medfed.strategies.partial import fill_missing
 
 log = logging.getLogger("medfed.server")
 EvaluateFn = Callable[[int, ArrayRecord, ConfigRecord], dict[str, Any]]
@@ -50,6 +52,7 @@ class FederationSummary(DataShape):
 
     n_train: int = 0
     scaling: ConfigRecord = field(default_factory=ConfigRecord)
+    small_cells: dict[str, Any] = field(default_factory=dict)  # what sites withheld/noised
 
     @property
     def info(self) -> DataInfo:
@@ -101,6 +104,9 @@ class RoundHooks:
     on_checkpoint: CheckpointFn | None = None
     restore_strategy: Callable[[Any, dict[str, Any]], None] | None = None
     min_replies: int = 0
+    # sites to wait for before the first round (a real federation: partition.sites, also
+    # with scheme natural); None: partition.sites unless the scheme is natural
+    expected_sites: int | None = None
     # simulation: the experiment seed for what Flower's strategies draw from Python's and
     # numpy's global generators (site sampling, central-DP noise); None in a real federation,
     # where noise drawn from a known seed could be subtracted
@@ -111,8 +117,19 @@ def exchange(grid: Grid, batch: list[Message], hooks: RoundHooks) -> list[Messag
     """Send ``batch``; in simulation, the replies in an order fixed by their content, not by
     who answered first: aggregation is a float sum, and its order changes the last bits. A
     real federation (no seed) claims no bit-reproducibility and skips hashing the weights."""
+    for message in batch:  # Flower's group_id names the round: both ends and replies see it
+        message.metadata.group_id = message.metadata.group_id or str(message_round(message))
     replies = hooks.exchange(grid, batch, hooks.timeout)
     return replies if hooks.seed is None else sorted(replies, key=reply_key)
+
+
+def message_round(message: Message) -> int:
+    """The round a message belongs to: the ``server-round`` that Flower's strategies write
+    into its config; 0 for the site summary before round 1."""
+    for record in message.content.config_records.values():
+        if isinstance(record.get(messages.SERVER_ROUND), int):
+            return int(record[messages.SERVER_ROUND])
+    return 0
 
 
 def reply_key(reply: Message) -> bytes:
@@ -140,11 +157,13 @@ def wait_for_sites(grid: Grid, needed: int, timeout: float = 300.0,
         if len(nodes) >= expected:
             return nodes
         if time.monotonic() > deadline and len(nodes) >= needed:
+            log.warning("starting with %d of the %d sites expected (partition.sites): the "
+                        "wait timed out after %.0f s", len(nodes), expected, timeout)
             return nodes
         if time.monotonic() > deadline:
             raise MedFedError(f"only {len(nodes)} of the {needed} sites needed (strategy."
                               f"min_sites) connected within {timeout:.0f} s")
-        time.sleep(1.0)
+        time.sleep(0.5)
 
 
 def ok_replies(replies: list[Message], what: str) -> list[Message]:
@@ -169,14 +188,35 @@ def summarise_sites(grid: Grid, nodes: list[int], hooks: RoundHooks) -> Federati
     counts = [r.content[messages.METRICS] for r in replies]
     scaling = ConfigRecord()
     if bool(first[messages.STANDARDIZE]):
-        moments = [(int(c[messages.NUM_EXAMPLES]), np.asarray(c[messages.FEATURE_SUM]),
+        # FEATURE_N: rows per feature, 0 where a site withheld a small cell
+        moments = [(np.asarray(c.get(messages.FEATURE_N, c[messages.NUM_EXAMPLES])),
+                    np.asarray(c[messages.FEATURE_SUM]),
                     np.asarray(c[messages.FEATURE_SUMSQ])) for c in counts]
         scaling = messages.scaling_record(combine_moments(moments))
     return FederationSummary(task=str(first[messages.TASK]),
                              input_shape=tuple(int(v) for v in first[messages.INPUT_SHAPE]),
                              n_classes=int(first[messages.N_CLASSES]),
                              n_train=sum(int(c[messages.NUM_EXAMPLES]) for c in counts),
-                             scaling=scaling)
+                             scaling=scaling, small_cells=small_cells(replies))
+
+
+def small_cells(replies: list[Message]) -> dict[str, Any]:
+    """What the sites withheld from the scaling (feature indexes per site) or noised, and the
+    features no site sent (left unscaled): report.json's ``small_cells``."""
+    sites, unsent = {}, None
+    for reply in replies:
+        metrics = reply.content[messages.METRICS]
+        if messages.FEATURE_N not in metrics:
+            continue
+        n = np.asarray(metrics[messages.FEATURE_N])
+        unsent = (n == 0) if unsent is None else unsent & (n == 0)
+        sites[str(reply.metadata.src_node_id)] = {
+            "min_count": int(metrics[messages.MIN_COUNT]),
+            "withheld_features": np.flatnonzero(n == 0).tolist(),
+            "count_like_sums_noised": bool(metrics[messages.NOISED])}
+    if not sites:
+        return {}
+    return {"sites": sites, "unscaled_features": np.flatnonzero(unsent).tolist()}
 
 
 def initial_arrays(cfg: ExperimentConfig, summary: FederationSummary) -> ArrayRecord:
@@ -191,6 +231,7 @@ def run_federation(grid: Grid, cfg: ExperimentConfig,
     need = min(cfg.strategy.min_sites, cfg.partition.sites)
     # natural partitions have as many sites as the data has hospitals, not partition.sites
     expected = None if cfg.partition.scheme == "natural" else cfg.partition.sites
+    expected = hooks.expected_sites or expected
     nodes = wait_for_sites(grid, need, hooks.wait_timeout, expected=expected)
     if hooks.resume is not None:
         point = hooks.resume
@@ -199,6 +240,8 @@ def run_federation(grid: Grid, cfg: ExperimentConfig,
         summary = summarise_sites(grid, nodes, hooks)
         arrays, history = initial_arrays(cfg, summary), []
     strategy = wrap_strategy(build_strategy(cfg.strategy, len(nodes)), cfg, len(nodes))
+    if {"fedbn", "perhead"} & set(cfg.personalize):  # replies leave out site-local layers
+        strategy = fill_missing(strategy)
     if hooks.resume is not None and hooks.restore_strategy is not None:
         hooks.restore_strategy(strategy, hooks.resume.strategy_state)
     first = hooks.resume.round + 1 if hooks.resume is not None else 1
@@ -219,7 +262,14 @@ def run_round(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord,
     with globals_seeded(hooks.seed, rnd, "configure-train"):  # Flower samples sites here
         batch = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(summary.scaling)),
                                               grid))
-    replies = exchange(grid, batch, hooks)
+    secure: dict[str, Any] = {}
+    if cfg.strategy.secure == "none":
+        replies = exchange(grid, batch, hooks)
+    else:  # SecAgg+: the strategy gets each survivor's metrics with the sum's mean only
+        result = secure_train(batch, lambda msgs: exchange(grid, msgs, hooks), rnd, arrays,
+                              cfg.strategy.secagg, summary.n_train)
+        replies, secure = result.replies, result.record
+    refused = refusals(rnd, replies)  # before the error replies are dropped below
     if hooks.min_replies:
         replies = [r for r in replies if not r.has_error()]
         if len(replies) < hooks.min_replies:
@@ -232,7 +282,8 @@ def run_round(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord,
     arrays = new_arrays if new_arrays is not None else arrays
     record: dict[str, Any] = {"round": rnd,
                               "sites_trained": sum(1 for r in replies if not r.has_error())}
-    record.update(refusals(rnd, replies))
+    record.update(refused)
+    record.update(secure)
     if train_metrics is not None:
         record["train_loss"] = float(train_metrics.get("train_loss", float("nan")))
     if rnd % cfg.evaluate_every == 0 or rnd == cfg.rounds:
@@ -241,9 +292,11 @@ def run_round(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord,
 
 
 def refusals(rnd: int, replies: list[Message]) -> dict[str, Any]:
-    """Sites that refused to train (e.g. privacy budget spent): logged and kept in history."""
+    """Sites that refused to train (privacy budget spent, or the experiment is outside their
+    policy): logged and kept in history."""
     refused = {str(r.metadata.src_node_id): r.error.reason for r in replies
-               if r.has_error() and r.error.code == messages.BUDGET_EXHAUSTED}
+               if r.has_error() and r.error.code in (messages.BUDGET_EXHAUSTED,
+                                                     messages.POLICY_REFUSED)}
     for node, reason in refused.items():
         log.warning("round %d: node %s did not train: %s", rnd, node, reason)
     return {"sites_refused": refused} if refused else {}

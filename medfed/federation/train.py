@@ -31,11 +31,13 @@ def _transform(x: np.ndarray, y: np.ndarray, model: nn.Module, cfg: TrainConfig,
 @one_thread_for_tables
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, task, cfg: TrainConfig, *,
                 epochs: int, seed: int, proximal_mu: float = 0.0,
-                device: torch.device | None = None) -> dict[str, float]:
+                device: torch.device | None = None,
+                anchor: list[torch.Tensor] | None = None) -> dict[str, float]:
     """Train ``model`` in place for ``epochs`` epochs; returns mean loss and step count.
 
     ``x``: (N, ...) float32 inputs already scaled; ``y``: (N,) int labels. With
-    ``proximal_mu > 0`` the FedProx term mu/2 * ||w - w_start||^2 is added to the loss.
+    ``proximal_mu > 0`` the FedProx term mu/2 * ||w - w_start||^2 is added to the loss
+    (``anchor``: other reference parameters than w_start, e.g. Ditto's global model).
     ``seed``: this call's own (the ClientApp derives it from the experiment seed, the site and
     the round); batch order, augmentation, dropout and modality dropout each draw from a
     stream derived from it, so the result does not depend on what ran before in the process.
@@ -46,13 +48,18 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, task, cfg: Train
     use_generator(model, torch_generator(seed, "model", device=device))
     with torch_seeded(seed, "dropout"), deterministic_algorithms(device):
         return _epochs(model, batches, task, cfg, epochs, torch_generator(seed, "batches"),
-                       proximal_mu, MixedPrecision(device, cfg.amp))
+                       proximal_mu, MixedPrecision(device, cfg.amp), anchor)
 
 
 def _epochs(model: nn.Module, batches: ArrayBatches, task, cfg: TrainConfig, epochs: int,
             generator: torch.Generator, proximal_mu: float,
-            precision: MixedPrecision) -> dict[str, float]:
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+            precision: MixedPrecision, anchor: list[torch.Tensor] | None = None
+            ) -> dict[str, float]:
+    if proximal_mu > 0:
+        anchor = [a.detach().clone().to(p.device) for a, p in zip(
+            anchor or model.parameters(), model.parameters(), strict=True)]
+    else:
+        anchor = None
     optimizer = make_optimizer(model, cfg)
     total, steps = 0.0, 0
     for _ in range(epochs):

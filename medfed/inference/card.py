@@ -14,8 +14,11 @@ import numpy as np
 
 from medfed.config import ExperimentConfig
 from medfed.datasets.base import DataInfo, Site, TableDataset
+from medfed.federation.secagg import describe
 from medfed.inference.bundle import default_threshold
 from medfed.inference.calibration import calibration_curve
+from medfed.privacy.report import card_lines, card_section
+from medfed.privacy.units import ROW_LEVEL
 from medfed.tasks import get_task
 
 INTENDED_USE = {
@@ -153,11 +156,13 @@ def card_sections(cfg: ExperimentConfig, info: DataInfo, sites: list[Site],
     return {
         "intended_use": INTENDED_USE.get(info.task, ""),
         "training": {"sites": [s.name for s in sites], "rounds": cfg.rounds,
-                     "date": trained_at or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
+                     "date": trained_at or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                     "secure_aggregation": describe(cfg.strategy.model_dump())},
         "per_site_metrics": per_site,
         "metrics_cover": "each listed site's own test split (rows never used in training)",
         "calibration": calibration,
         "threshold": default_threshold(info.task),
+        "privacy": card_section(cfg, privacy),
         "privacy_per_site": privacy_per_site(cfg, privacy, [s.name for s in sites]),
         "known_limits": known_limits(per_site, history),
     }
@@ -165,10 +170,10 @@ def card_sections(cfg: ExperimentConfig, info: DataInfo, sites: list[Site],
 
 def privacy_per_site(cfg: ExperimentConfig, privacy: dict[str, Any] | None,
                      names: list[str]) -> dict[str, Any]:
-    """Each site's guarantee, named by its unit (one patient record under DP-SGD)."""
+    """Each site's guarantee, named by its unit (patient, stay or row under DP-SGD)."""
     mode = cfg.privacy.mode
     if mode == "dp-sgd" and privacy and privacy.get("per_site"):
-        level = privacy.get("level", "record (one patient)")
+        level = privacy.get("level", ROW_LEVEL)
         return {n: {"mode": mode, "unit": level,
                     "epsilon": privacy["per_site"].get(n, {}).get("epsilon"),
                     "delta": privacy["per_site"].get(n, {}).get("delta")} for n in names}
@@ -201,6 +206,7 @@ def card_markdown_lines(card: dict[str, Any]) -> list[str]:
     lines = ["", "## Intended use", "", card.get("intended_use") or "—", "",
              "## Training", "", f"- sites: {', '.join(card['training']['sites'])}",
              f"- trained: {card['training']['date']} ({card['training']['rounds']} rounds)",
+             f"- secure aggregation: {card['training'].get('secure_aggregation', 'none')}",
              f"- operating threshold: {card.get('threshold')}", "",
              "## Per-site metrics (" + card["metrics_cover"] + ")", "",
              "| site | test rows | primary metric | 95 % CI |", "|---|---|---|---|"]
@@ -213,6 +219,8 @@ def card_markdown_lines(card: dict[str, Any]) -> list[str]:
     if card.get("calibration"):
         lines += ["", f"Calibration (pooled test rows): ECE {card['calibration']['ece']:.3f} "
                       f"over {card['calibration']['bins']} bins."]
+    if card.get("privacy"):
+        lines += ["", "## Privacy", "", *card_lines(card["privacy"])]
     lines += ["", "## Privacy per site", ""]
     lines += [f"- {site}: {', '.join(f'{k} {v}' for k, v in entry.items())}"
               for site, entry in card["privacy_per_site"].items()]
@@ -232,12 +240,13 @@ def deployment_sections(cfg: ExperimentConfig, task_name: str, sites: list[dict[
     return {
         "intended_use": INTENDED_USE.get(task_name, ""),
         "training": {"sites": [s["site"] for s in sites], "rounds": cfg.rounds,
-                     "date": trained_at},
+                     "date": trained_at, "secure_aggregation": describe(cfg.strategy.model_dump())},
         "per_site_metrics": per_site,
         "metrics_cover": "each site's own test split, evaluated at the site (no CI: the "
                          "coordinator sees no per-patient scores)",
         "calibration": None,
         "threshold": default_threshold(task_name),
+        "privacy": card_section(cfg, None),
         "privacy_per_site": {s["site"]: s.get("privacy") or {"mode": cfg.privacy.mode}
                              for s in sites},
         "known_limits": known_limits(per_site, history),

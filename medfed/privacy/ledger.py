@@ -41,6 +41,7 @@ class Spend:
     accountant: str
     grad_sample_mode: str = ""
     time: float = 0.0
+    unit: str = ""  # the privacy unit: patient, stay or row ("": written before units)
 
 
 def safe_name(site: str) -> str:
@@ -115,6 +116,7 @@ class _SpendRow(BaseModel):
     accountant: str
     grad_sample_mode: str = ""
     time: float = 0.0
+    unit: str = ""  # the privacy unit: patient, stay or row ("": written before units)
 
 
 def _read_document(path: Path) -> dict[str, Any]:

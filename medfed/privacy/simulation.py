@@ -12,6 +12,7 @@ from medfed.datasets.base import Site
 from medfed.errors import MedFedError
 from medfed.privacy.ledger import Ledger
 from medfed.privacy.report import central_section, dp_sgd_section
+from medfed.privacy.units import PrivacyUnit, resolve_unit, unit_index
 
 
 @dataclass
@@ -55,6 +56,21 @@ def _check_dp_sgd(cfg: ExperimentConfig, sites: list[Site]) -> None:
         raise MedFedError("privacy.mode=dp-sgd with a survival task: the Cox partial "
                           "likelihood couples the patients of a batch, so per-patient clipping "
                           "gives no guarantee; use privacy.mode=central or none")
+    for site in sites:  # before any training: the unit every site will protect
+        resolve_unit(cfg.privacy.unit, site.unit, where=f"{cfg.dataset.name}: site {site.name!r}")
+
+
+def n_units(cfg: ExperimentConfig, site: Site) -> int:
+    """The site's training units under ``privacy.unit`` (patients, stays, or rows)."""
+    grouped = resolve_unit(cfg.privacy.unit, site.unit).grouped
+    return unit_index(site.units_train if grouped else None, site.n_train)[1]
+
+
+def privacy_unit(cfg: ExperimentConfig, sites: list[Site]) -> PrivacyUnit:
+    """The unit of the run (every site's data says the same; the first one that does not
+    establish it is the error)."""
+    units = {resolve_unit(cfg.privacy.unit, s.unit, where=s.name).name for s in sites}
+    return PrivacyUnit(units.pop() if len(units) == 1 else "row")
 
 
 def _open_ledgers(cfg: ExperimentConfig, run: PrivacyRun, sites: list[Site]) -> None:
@@ -65,7 +81,7 @@ def _open_ledgers(cfg: ExperimentConfig, run: PrivacyRun, sites: list[Site]) -> 
         else default_ledger_dir()
     for site in sites:
         ledger = Ledger.open(run.ledger_dir, site.name)
-        site_plan(cfg, ledger, run.run_id, site.n_train)
+        site_plan(cfg, ledger, run.run_id, n_units(cfg, site))
         run.earlier_runs[site.name] = set(ledger.runs())
 
 
@@ -73,7 +89,7 @@ def _plan_baselines(cfg: ExperimentConfig, sites: list[Site]) -> None:
     """The DP-SGD baselines must be plannable at the same budget (all sites' rows pooled)."""
     from medfed.privacy.accounting import plan_site
 
-    n = sum(s.n_train for s in sites)
+    n = sum(n_units(cfg, s) for s in sites)
     plan_site(n_train=n, batch_size=cfg.train.batch_size,
               local_epochs=cfg.rounds * cfg.train.local_epochs, rounds=1,
               epsilon=cfg.privacy.epsilon, delta=cfg.privacy.delta,
@@ -94,4 +110,4 @@ def section(cfg: ExperimentConfig, run: PrivacyRun, sites: list[Site],
     if run.mode == "central":
         return central_section(cfg, len(sites), len(history))
     return dp_sgd_section(cfg, [s.name for s in sites], run.ledger_dir, run.run_id, history,
-                          baselines, run.earlier_runs)
+                          baselines, run.earlier_runs, unit=privacy_unit(cfg, sites))

@@ -19,6 +19,7 @@ from torch import nn
 from medfed.config import NODE_LEDGER_DIR, RUN_ID, RUN_LEDGER_DIR, ExperimentConfig
 from medfed.privacy.accounting import Plan, epsilon_of, merge, plan_site
 from medfed.privacy.ledger import Ledger, Spend
+from medfed.privacy.units import resolve_unit, unit_index
 
 STATE_KEY = "medfed.privacy"
 
@@ -44,7 +45,8 @@ def run_id_of(context: Context) -> str:
 
 
 def site_plan(cfg: ExperimentConfig, ledger: Ledger, run_id: str, n_train: int) -> Plan:
-    """This run's plan; prior = spends of earlier runs, so a resumed run re-plans the same."""
+    """This run's plan; prior = spends of earlier runs, so a resumed run re-plans the same.
+    ``n_train``: the site's training units (patients or stays; rows when the unit is a row)."""
     p = cfg.privacy
     prior = merge((s.noise_multiplier, s.sample_rate, s.steps) for s in ledger.spends
                   if s.run_id != run_id)
@@ -84,17 +86,23 @@ def check_budget(plan: Plan, ledger: Ledger) -> float:
 
 def train_round(model: nn.Module, x: np.ndarray, y: np.ndarray, task, cfg: ExperimentConfig, *,
                 site: str, context: Context, server_round: int, seed: int | None,
-                device=None) -> dict[str, float]:
+                device=None, units: np.ndarray | None = None,
+                data_unit: str | None = "patient") -> dict[str, float]:
     """DP-SGD for this round's local epochs; the spend is in the ledger before the reply.
 
     ``seed``: reproducible sampling and noise (simulation); None in a real federation, where
-    noise drawn from a known seed could be subtracted.
+    noise drawn from a known seed could be subtracted. ``units``: (N,) each row's patient or
+    stay, ``data_unit`` what they are (``Site.units_train``, ``Site.unit``; the defaults: one
+    row per patient): sampled and clipped whole unless privacy.unit=row
+    (``medfed.privacy.units``); None (unknown) refuses unless privacy.unit=row.
     """
     from medfed.privacy.dp import train_dp
 
+    unit = resolve_unit(cfg.privacy.unit, data_unit, where=f"site {site!r}")
+    units = units if unit.grouped else None
     run_id = run_id_of(context)
     ledger = Ledger.open(ledger_dir(context, cfg), site)
-    plan = site_plan(cfg, ledger, run_id, len(y))
+    plan = site_plan(cfg, ledger, run_id, unit_index(units, len(y))[1])
     record_as = run_id
     if ledger.has(run_id, server_round):  # a resumed round
         if seed is not None:  # same seed, same noise: the very same update, no new release
@@ -106,7 +114,7 @@ def train_round(model: nn.Module, x: np.ndarray, y: np.ndarray, task, cfg: Exper
     result = train_dp(model, x, y, task, cfg.train, noise_multiplier=plan.noise_multiplier,
                       max_grad_norm=cfg.privacy.max_grad_norm, epochs=cfg.train.local_epochs,
                       seed=seed, accountant=plan.accountant, mode=cfg.privacy.grad_sample_mode,
-                      device=device, secure_mode=cfg.privacy.secure_mode)
+                      device=device, secure_mode=cfg.privacy.secure_mode, units=units)
     after = epsilon_of([*ledger.history(), *result.history], plan.delta, plan.accountant)
     ledger = Ledger.open(ledger_dir(context, cfg), site)  # re-read: never overwrite a spend
     for sigma, rate, steps in result.history:
@@ -114,7 +122,8 @@ def train_round(model: nn.Module, x: np.ndarray, y: np.ndarray, task, cfg: Exper
                             sample_rate=float(rate), noise_multiplier=float(sigma),
                             max_grad_norm=cfg.privacy.max_grad_norm, epsilon_after=after,
                             delta=plan.delta, accountant=plan.accountant,
-                            grad_sample_mode=result.grad_sample_mode, time=time.time()))
+                            grad_sample_mode=result.grad_sample_mode, time=time.time(),
+                            unit=unit.name))
     _save_state(context, run_id, plan, ledger, result.grad_sample_mode)
     return {"train_loss": result.train_loss, "steps": float(result.steps),
             "dp_epsilon": after, "dp_noise_multiplier": float(plan.noise_multiplier)}

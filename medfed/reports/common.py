@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-ARMS = ("federated", "local_only", "centralized")  # report["metrics"] keys, in table order
+# report["metrics"] keys, in table order (the personalised arms: `personalize:` in the config)
+ARMS = ("federated", "finetune", "fedbn", "ditto", "perhead", "local_only", "centralized")
 
 
 def fmt(value: Any) -> str:

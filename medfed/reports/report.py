@@ -10,6 +10,7 @@ from typing import Any
 from medfed import __version__
 from medfed.config import ExperimentConfig
 from medfed.datasets.base import DataInfo, Site
+from medfed.federation import secagg
 from medfed.io import atomic_write_bytes
 from medfed.privacy.report import markdown_lines as privacy_lines
 from medfed.reports.caveats import caveat_lines, cell_note
@@ -43,7 +44,8 @@ def build_report(cfg: ExperimentConfig, info: DataInfo, sites: list[Site],
         "history": [{"round": h["round"], "train_loss": h.get("train_loss"),
                      "pooled": h.get("pooled"), "per_site": h.get("per_site"),
                      "federated_eval": h.get("federated_eval"),
-                     **({"sites_refused": h["sites_refused"]} if h.get("sites_refused") else {})}
+                     **({"sites_refused": h["sites_refused"]} if h.get("sites_refused") else {}),
+                     **({k: h[k] for k in ("secure_aggregation",) if k in h})}
                     for h in history],
         "privacy": None,
         "timing": timing,
@@ -61,6 +63,25 @@ def comparison_rows(report: dict[str, Any], metric: str) -> list[list[str]]:
     return rows
 
 
+def personal_lines(cfg: dict[str, Any]) -> list[str]:
+    """The personalised arms and the feature shift of a run, one line each (if any)."""
+    lines, options = [], cfg.get("personalization") or {}
+    if cfg.get("personalize"):
+        tune = "{epochs} epoch(s)" if (options.get("finetune") or {}).get("epochs") else \
+            "{steps} steps"
+        details = {"finetune": f"final global model + {tune} on each site",
+                   "ditto": "personal model, lam {lam}, {local_epochs} epoch(s) a round",
+                   "fedbn": "normalisation layers stay on each site",
+                   "perhead": "classification head stays on each site"}
+        arms = [f"**{a}** ({details[a].format(**options.get(a, {}))})"
+                for a in cfg["personalize"]]
+        lines.append("- personalised arms: " + "; ".join(arms))
+    if (cfg.get("partition") or {}).get("shift"):
+        lines.append("- feature shift: each site's own acquisition effect (gamma, contrast, "
+                     "blur, noise, bias field), a fixed draw per site (`partition.shift`)")
+    return lines
+
+
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     """Title, description and the run's settings, privacy and timing."""
     cfg = report["config"]
@@ -71,8 +92,10 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
             f"partition **{cfg['partition']['scheme']}** ({len(report['sites'])} sites), "
             f"seed {cfg['seed']}",
             f"- feature scaling: {report['feature_scaling']}",
+            f"- secure aggregation: {secagg.describe(cfg['strategy'])}",
             *privacy_lines(report.get("privacy")),
             *harmonisation_lines(report.get("harmonisation")),  # `medfed stats` flags
+            *personal_lines(cfg),
             f"- time: {report['timing']['total_s']:.1f} s in all, federated rounds "
             f"{report['timing']['federated_s']:.1f} s", ""]
 
@@ -99,8 +122,27 @@ def _site_lines(report: dict[str, Any]) -> list[str]:
     for s in report["sites"]:
         lines.append(f"| {s['name']} | {s['n_train']} | {s['n_test']} | "
                      f"{s['label_counts']['train']} |")
-    return [*lines, "", "![metric per round](metric_per_round.png)", "",
+    return [*lines, *_small_cell_lines(report), "",
+            "![metric per round](metric_per_round.png)", "",
             "![federated vs local vs centralized](comparison.png)", ""]
+
+
+def _small_cell_lines(report: dict[str, Any]) -> list[str]:
+    """Which feature sums each site withheld from the scaling (fewer than k patients in a
+    cell) or sent with noise (privacy.mode set)."""
+    small = report.get("small_cells") or {}
+    rows = [(name, s) for name, s in small.get("sites", {}).items()
+            if s["withheld_features"] or s["count_like_sums_noised"]]
+    if not rows:
+        return []
+    lines = ["", "Small cells in the feature scaling (feature indexes; a withheld feature is "
+             "pooled over the other sites):", "", "| site | k | withheld | noised |",
+             "|---|---|---|---|"]
+    lines += [f"| {name} | {s['min_count']} | {s['withheld_features'] or '-'} | "
+              f"{'yes' if s['count_like_sums_noised'] else 'no'} |" for name, s in rows]
+    if small.get("unscaled_features"):
+        lines.append(f"\nNo site sent features {small['unscaled_features']}: left unscaled.")
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -39,8 +39,9 @@ class Tracker:
         found = self.client.get_experiment_by_name(experiment)
         exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
-        self.client.log_batch(self.run_id, params=[_param(k, v) for k, v in
-                                                   flatten(params).items()])
+        params_list = [_param(k, v) for k, v in flatten(params).items()]
+        for start in range(0, len(params_list), 100):  # MLflow takes at most 100 per batch
+            self.client.log_batch(self.run_id, params=params_list[start:start + 100])
 
     def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
         import time

@@ -21,6 +21,7 @@ from medfed.federation.messages import Scaling
 from medfed.federation.train import train_local
 from medfed.models import for_experiment
 from medfed.models.runtime import pick_device
+from medfed.privacy.baseline import pooled_units
 from medfed.seeds import derive_seed
 from medfed.simulation.evaluation import scale, score_one_model, score_sites
 from medfed.tasks import get_task
@@ -48,8 +49,10 @@ def site_scaling(sites: list[Site], info: DataInfo) -> Scaling:
 
 
 def train_arm(model: nn.Module, x: np.ndarray, y: np.ndarray, task: Task,
-              cfg: ExperimentConfig, *, epochs: int, seed: int, arm: str) -> Accounting | None:
-    """Plain training, or DP-SGD at the same budget when privacy.mode is dp-sgd (fairness).
+              cfg: ExperimentConfig, *, epochs: int, seed: int, arm: str,
+              units: np.ndarray | None = None, unit: str | None = None) -> Accounting | None:
+    """Plain training, or DP-SGD at the same budget when privacy.mode is dp-sgd (fairness;
+    ``units``/``unit``: the rows' privacy units, as the federation's sites have them).
 
     Returns the DP-SGD accounting, None when trained without DP.
     """
@@ -57,7 +60,8 @@ def train_arm(model: nn.Module, x: np.ndarray, y: np.ndarray, task: Task,
     if cfg.privacy.mode == "dp-sgd":
         from medfed.privacy.baseline import train_reference_dp
 
-        return train_reference_dp(model, x, y, task, cfg, seed=seed, device=device, arm=arm)
+        return train_reference_dp(model, x, y, task, cfg, seed=seed, device=device, arm=arm,
+                                  units=units, data_unit=unit)
     train_local(model, x, y, task, cfg.train, epochs=epochs, seed=seed, device=device)
     return None
 
@@ -71,7 +75,7 @@ def train_centralized(cfg: ExperimentConfig, sites: list[Site], info: DataInfo
     model = for_experiment(cfg, info, seed=cfg.seed)
     dp = train_arm(model, scale(x, scaling), y, get_task(info.task), cfg,
                    epochs=epochs_of(cfg), seed=derive_seed(cfg.seed, "centralized"),
-                   arm="centralized")
+                   arm="centralized", units=pooled_units(sites), unit=sites[0].unit)
     return score_one_model(model, sites, info, scaling), ({"centralized": dp} if dp else {})
 
 
@@ -95,7 +99,7 @@ def train_local_only(cfg: ExperimentConfig, sites: list[Site], info: DataInfo
         dp = train_arm(model, scale(site.x_train, scalings[site.name]), site.y_train,
                        get_task(info.task), cfg, epochs=epochs_of(cfg),
                        seed=derive_seed(cfg.seed, site.name, "local-only"),
-                       arm=arm)
+                       arm=arm, units=site.units_train, unit=site.unit)
         if dp:
             accounting[arm] = dp
         models[site.name] = model

@@ -56,15 +56,18 @@ def wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float
     raise MedFedError(f"flower-superlink did not start within {timeout:.0f} s; see {log}")
 
 
-def write_app(work: Path, cfg: ExperimentConfig, port: int) -> tuple[Path, Path, Path]:
+def write_app(work: Path, cfg: ExperimentConfig, port: int, extra: dict[str, Any] | None = None
+              ) -> tuple[Path, Path, Path]:
+    """The app folder, Flower home and output folder; ``extra``: more run-config keys (ledger
+    folder, run id, personal weights), declared in the app since Flower drops undeclared keys."""
     app_dir, home, out = work / "app", work / "flwr-home", work / "out"
     for folder in (app_dir, home, out):
         folder.mkdir(parents=True)
-    (app_dir / "pyproject.toml").write_text(app_pyproject(SIM_RUN_CONFIG))
+    (app_dir / "pyproject.toml").write_text(app_pyproject({**SIM_RUN_CONFIG, **(extra or {})}))
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "medfed-sim"\n\n[superlink.medfed-sim]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-    run_config = {RUN_EXPERIMENT: cfg.to_json(), RUN_OUTPUT_DIR: str(out),
+    run_config = {**(extra or {}), RUN_EXPERIMENT: cfg.to_json(), RUN_OUTPUT_DIR: str(out),
                   RUN_EVALUATION_HOOK: "medfed.simulation.evaluation:central_evaluation"}
     (work / "run.toml").write_text("".join(f"{k} = {json.dumps(v)}\n"
                                            for k, v in run_config.items()))
@@ -106,15 +109,40 @@ def start_superlink(port: int, env: dict[str, str], log: Path) -> subprocess.Pop
             env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def federation_config(cfg: ExperimentConfig, n_sites: int) -> str:
+    """``flwr run --federation-config``: the sites and each one's resources (Flower's
+    ``client_resources``; a fractional ``num_gpus`` lets several sites share a GPU)."""
+    options = cfg.engine_options
+    parts = [f"num-supernodes={n_sites}"]
+    if options.num_cpus is not None:
+        parts.append(f"client-resources-num-cpus={int(options.num_cpus)}")
+    if options.num_gpus is not None:
+        parts.append(f"client-resources-num-gpus={float(options.num_gpus)!r}")
+    return " ".join(parts)
+
+
+def cluster_address(cfg: ExperimentConfig, address: str | None = None) -> str | None:
+    """The Ray cluster to join: ``address``, else ``engine_options.address``, else
+    ``RAY_ADDRESS``; None: Flower starts a local Ray."""
+    return address or cfg.engine_options.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def run_with_ray(cfg: ExperimentConfig, n_sites: int,
-                 on_round: Callable[[dict[str, Any]], None] | None = None) -> FederationResult:
+                 on_round: Callable[[dict[str, Any]], None] | None = None,
+                 address: str | None = None, extra_run_config: dict[str, Any] | None = None
+                 ) -> FederationResult:
     """Run the federation under Flower's Simulation Engine; returns what the in-process
-    engine returns."""
+    engine returns. ``address``: an existing Ray cluster (``host:port`` of its head, as
+    ``ray start --head`` prints it) whose nodes run the sites (default: see
+    ``cluster_address``). ``extra_run_config``: what the ClientApps also need (as in-process)."""
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="medfed-ray-"))
     port = free_port()
-    app_dir, home, out = write_app(work, cfg, port)
+    app_dir, home, out = write_app(work, cfg, port, extra_run_config)
     env = simulation_env(home)
+    ray_address = cluster_address(cfg, address)
+    if ray_address:  # ray.init() inside Flower's simulation process joins this cluster
+        env["RAY_ADDRESS"] = ray_address
     log = work / "superlink.log"
     link = start_superlink(port, env, log)
     try:
@@ -122,7 +150,7 @@ def run_with_ray(cfg: ExperimentConfig, n_sites: int,
         with (work / "flwr-run.log").open("w") as run_log:
             run = subprocess.Popen(
                 [executable("flwr"), "run", str(app_dir), "medfed-sim", "--run-config",
-                 str(work / "run.toml"), "--federation-config", f"num-supernodes={n_sites}",
+                 str(work / "run.toml"), "--federation-config", federation_config(cfg, n_sites),
                  "--stream"], env=env, stdout=run_log, stderr=subprocess.STDOUT)
             follow_progress(run, out / "progress.json", on_round)
         if run.returncode != 0 or not (out / "history.json").exists():

@@ -25,6 +25,7 @@ from medfed.simulation.evaluation import (
     model_from_arrays,
     score_one_model,
 )
+from medfed.simulation.personal_arms import PersonalRun, personal_metrics
 from medfed.simulation.stats import harmonisation_section
 from medfed.simulation.task_report import task_extras
 from medfed.strategies import build_strategy
@@ -56,11 +57,20 @@ def run_federated(cfg: ExperimentConfig, sites: list[Site], info: DataInfo,
     if cfg.engine == "ray":
         from medfed.simulation.ray_engine import run_with_ray
 
-        return run_with_ray(cfg, len(sites), on_round)
+        return run_with_ray(cfg, len(sites), on_round, extra_run_config=extra_run_config)
     grid = InProcessGrid(client_app, len(sites),
                          {RUN_EXPERIMENT: cfg.to_json(), **(extra_run_config or {})}, order)
     return run_federation(grid, cfg, RoundHooks(evaluate_fn=central_evaluation(cfg),
                                                 on_round=on_round, seed=cfg.seed))
+
+
+def _named_small_cells(small: dict[str, Any], sites: list) -> dict[str, Any]:
+    """The summary's small-cell section with site names for node ids (node 1000 + i)."""
+    from medfed.simulation.engine import SITE_NODE_BASE
+
+    named = {sites[int(node) - SITE_NODE_BASE].name: entry
+             for node, entry in small.get("sites", {}).items()}
+    return {**small, "sites": named} if small else {}
 
 
 def reproducibility(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -95,11 +105,19 @@ def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> Si
     check_config(cfg)
     sites, info = simulated_federation(cfg.to_json())
     privacy = privacy_sim.prepare(cfg, sites)  # bad budget or ledger: exit 2 before training
-    fed = run_federated(cfg, sites, info, on_round, privacy.run_config())
+    personal = PersonalRun(cfg, privacy.run_id, privacy.ledger_dir)  # personalize: site weights
+    fed = run_federated(cfg, sites, info, on_round, {**privacy.run_config(),
+                                                     **personal.run_config()})
     final = score_one_model(model_from_arrays(cfg, info, fed.arrays), sites, info,
                             read_scaling(fed.summary.scaling))
     baselines = train_baselines(cfg, sites, info)
-    metrics = {"federated": final, **baselines.metrics}
+    try:
+        arms = personal_metrics(cfg, sites, info, fed, personal, lambda arm_cfg, run_config:
+                                run_federated(arm_cfg, sites, info, None,
+                                              {**privacy.run_config(), **run_config}))
+    finally:
+        personal.close()
+    metrics = {"federated": final, **arms, **baselines.metrics}
     timing = {"total_s": time.perf_counter() - start, "federated_s": fed.seconds}
     description = get_dataset(cfg.dataset.name).description
     report = build_report(cfg, info, sites, metrics, fed.history, timing, description)
@@ -107,6 +125,7 @@ def run_simulation(cfg: ExperimentConfig, on_round: RoundFn | None = None) -> Si
     report["privacy"] = privacy_sim.section(cfg, privacy, sites, fed.history,
                                             baselines.accounting)
     report["harmonisation"] = harmonisation_section(cfg)  # `medfed stats` flags, for the header
+    report["small_cells"] = _named_small_cells(fed.summary.small_cells, sites)
     extras = task_extras(cfg, info, sites, fed.arrays, fed.summary.scaling)
     if extras is not None:  # e.g. the sepsis alarm table
         report["task_report"] = extras

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 
 def partial_average(current: ArrayRecord | None, updates: list[tuple[ArrayRecord, float]]
@@ -63,3 +63,37 @@ class FedAvgPartial(FedAvg):
             updates.append((content[self.arrayrecord_key], weight))
         arrays = partial_average(self._current, updates)
         return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+def fill_missing(strategy: Strategy) -> Strategy:
+    """Let any strategy aggregate replies that leave out site-local arrays (fedbn, perhead).
+
+    Each reply's missing keys get the round's current global value before the strategy sees
+    it, so FedAvg keeps them as they are and FedOpt sees a zero update for them. Only the
+    server-side copy is filled: what the sites sent is unchanged on the wire.
+    """
+    configure, aggregate = strategy.configure_train, strategy.aggregate_train
+    current: dict[str, ArrayRecord] = {}
+
+    def configure_train(server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        current["arrays"] = arrays
+        return configure(server_round, arrays, config, grid)
+
+    def aggregate_train(server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        for msg in replies:
+            if msg.has_error() or "arrays" not in current:
+                continue
+            for name, record in list(msg.content.array_records.items()):
+                missing = [k for k in current["arrays"] if k not in record]
+                if missing:
+                    msg.content[name] = ArrayRecord(
+                        {**{k: current["arrays"][k] for k in current["arrays"]},
+                         **{k: record[k] for k in record}})
+        return aggregate(server_round, replies)
+
+    strategy.configure_train = configure_train  # type: ignore[method-assign]
+    strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
+    return strategy

@@ -26,6 +26,7 @@ def load(**options: object) -> TableDataset:
         y=y,
         feature_names=list(data.feature_names),
         class_names=["benign", "malignant"],
+        unit="patient",  # one row per patient
         source="sklearn.datasets.load_breast_cancer",
     )
 

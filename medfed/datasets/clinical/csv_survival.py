@@ -50,6 +50,7 @@ def load(path: str, time: str = "time", event: str = "event", site_column: str |
               if site_column else None)
     return TableDataset(name=Path(path).stem, task="survival", x=x_frame.to_numpy(np.float32),
                         y=y[keep], feature_names=list(x_frame.columns), groups=groups,
+                        unit="patient",
                         source=f"{path} ({int((~keep).sum())} rows with missing features "
                                "dropped)")
 

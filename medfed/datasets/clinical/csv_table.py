@@ -79,9 +79,21 @@ def load(path: str, label: str = "label", site_column: str | None = None,
     return TableDataset(
         name=Path(path).stem, task="binary" if len(class_names) == 2 else "multiclass",
         x=x_frame.to_numpy(np.float32), y=y, feature_names=list(x_frame.columns),
-        groups=groups, class_names=class_names,
+        groups=groups, class_names=class_names, units=patient_ids(frame), unit="patient",
         source=f"{path} ({n_before - len(frame)} rows with missing values dropped)",
     )
+
+
+def patient_ids(frame: pd.DataFrame) -> np.ndarray | None:
+    """(N,) each row's ``patient_id`` when that column repeats an id (a patient with several
+    rows is then one privacy unit); None: one row per patient, the format's contract. A row
+    with an empty id is its own patient."""
+    if "patient_id" not in frame.columns:
+        return None
+    ids = frame["patient_id"].astype(str).to_numpy(dtype=object)
+    empty = frame["patient_id"].isna().to_numpy()
+    ids[empty] = [f"\0row-{i}" for i in np.flatnonzero(empty)]
+    return ids if len(set(ids)) < len(ids) else None
 
 
 def check_feature_columns(frame: pd.DataFrame, columns: list[str], categorical: list[str],

@@ -96,7 +96,7 @@ def load(centres: list[str] | None = None) -> TableDataset:
     return TableDataset(
         name="heart-disease", task="binary", x=np.concatenate(xs), y=np.concatenate(ys),
         feature_names=feature_names, groups=np.concatenate(groups), split=np.concatenate(splits),
-        class_names=["no disease", "disease"], source=URL,
+        class_names=["no disease", "disease"], unit="patient", source=URL,
     )
 
 
@@ -131,7 +131,8 @@ def load_site(path: Path, options: dict[str, Any], *, test_fraction: float,
     train = flamby_split(y, str(path))
     return TableDataset(name=path.stem, task="binary", x=x, y=y, feature_names=features,
                         split=split_column(len(y), train),
-                        class_names=["no disease", "disease"], source=str(path))
+                        class_names=["no disease", "disease"], unit="patient",
+                        source=str(path))
 
 
 DATASET = Dataset(

@@ -51,7 +51,7 @@ def load(path: str | None = None) -> TableDataset:
     return TableDataset(
         name="tcga-brca", task="survival", x=frame[features].to_numpy(np.float32), y=y,
         feature_names=features, groups=np.array([f"region-{k}" for k in region], dtype=object),
-        split=np.asarray(fold, dtype=object), source=str(folder),
+        split=np.asarray(fold, dtype=object), unit="patient", source=str(folder),
     )
 
 

@@ -191,7 +191,8 @@ def load(name: str = "breastmnist", size: int = 28) -> TableDataset:
         name="medmnist", task="binary" if len(classes) == 2 else "multiclass",
         x=_to_float(x, cache / "medmnist" / f"{path.stem}_{stat.st_size}_{int(stat.st_mtime)}.npy"),
         y=y, feature_names=[], split=split, keep_split=True, class_names=list(classes),
-        standardize=False, source=str(path))
+        standardize=False, source=str(path),
+        unit=None)  # no patient ids: several images may show one patient (e.g. ChestMNIST)
 
 
 DATASET = Dataset(

@@ -292,16 +292,17 @@ def load(roots: list[str] | str, task: str = "classification",
               "mask_category": mask_category}
     cache = cache_root(cache_dir)
     names = _site_names([Path(r) for r in roots])
-    xs, ys, label_values, groups, splits = [], [], [], [], []
+    xs, ys, label_values, groups, splits, patients = [], [], [], [], [], []
     for root, name in zip(roots, names, strict=True):
-        x, y, raw_labels, split = _load_site(Path(root), name, params, cache, labels,
-                                             label_column, test_fraction, seed,
-                                             allowed_roots or [])
+        x, y, raw_labels, split, ids = _load_site(Path(root), name, params, cache, labels,
+                                                  label_column, test_fraction, seed,
+                                                  allowed_roots or [])
         xs += x
         ys += y
         label_values += raw_labels
         groups += [name] * len(split)
         splits.append(split)
+        patients += ids
     x = _stack(xs, cache)
     if regions:
         y = _stack(ys, cache, np.int64)
@@ -320,6 +321,9 @@ def load(roots: list[str] | str, task: str = "classification",
         name="site-folders", task=kind, x=x, y=y, feature_names=["image"],
         groups=np.asarray(groups, dtype=object), split=np.concatenate(splits),
         class_names=class_names, standardize=False,
+        # every sample (image, volume or slice) belongs to its manifest row's patient; a
+        # row without a patient_id leaves the unit unknown
+        units=np.asarray(patients, dtype=object), unit=None if "" in patients else "patient",
         source=f"{len(roots)} site folders, {len(y)} samples")
 
 
@@ -341,7 +345,7 @@ def _load_site(root: Path, name: str, params: dict, cache: Path, labels: list[st
                           "needs the same sequences (channels), in the same order")
     allowed = allowed_labels(root, labels)
     segmentation = params["task"] == "segmentation"
-    xs, ys, raw_labels, counts, strata = [], [], [], [], []
+    xs, ys, raw_labels, counts, strata, patients = [], [], [], [], [], []
     for row in rows:
         where = f"site {name} manifest row {row.number}"
         if segmentation and row.mask is None:
@@ -352,6 +356,7 @@ def _load_site(root: Path, name: str, params: dict, cache: Path, labels: list[st
         x, y, key = cached_row(row, params, cache, where)
         xs.append((key, x))
         counts.append(len(x))
+        patients += [f"{name}/{row.patient_id}" if row.patient_id else ""] * len(x)
         if segmentation:
             ys.append((key, y))
             strata.append(0)
@@ -362,7 +367,7 @@ def _load_site(root: Path, name: str, params: dict, cache: Path, labels: list[st
         codes = {v: i for i, v in enumerate(sorted(set(strata)))}
         strata = [codes[s] for s in strata]
     split = site_split(rows, counts, strata, test_fraction, seed)
-    return xs, ys, raw_labels, split
+    return xs, ys, raw_labels, split, patients
 
 
 def _stack(keyed: list[tuple[str, np.ndarray]], cache: Path,

@@ -91,6 +91,7 @@ def load(path: str | None = None, sites: int = 2, target: str = "malignant",
                                  seed=seed, cache_dir=cache_dir,
                                  allowed_roots=[str(folder.resolve())])  # JPEGs stay in place
     data.name, data.source = "ham10000", f"{folder} ({len(data.y)} images, {sites} sites)"
+    data.unit = None  # rows are lesions (lesion_id): HAM10000 does not say whose
     return data
 
 

@@ -312,6 +312,7 @@ def load(roots: list[str] | str | None = None, clinical: dict[str, Any] | None =
         name="multimodal-sites", task="binary" if len(class_names) == 2 else "multiclass",
         x=x, y=y, feature_names=feature_names, groups=np.asarray(groups, dtype=object),
         split=np.concatenate(splits), class_names=class_names, standardize=False,
+        unit="patient",  # one row per patient_id (a repeated id is refused)
         source=f"{len(folders)} multimodal site folders, {len(y)} patients, clinical scaled "
                "per site")
 

@@ -241,7 +241,8 @@ def load(path: str | None = None, folder: str = "sepsis", representation: str = 
     y = np.column_stack([label, stays, hour, positive_weights(label, sites, split,
                                                              class_weight)])
     return TableDataset(name="sepsis", task="timeseries", x=x, y=y, feature_names=names,
-                        groups=sites, split=split, units=stays, class_names=["no sepsis", "sepsis"],
+                        groups=sites, split=split, units=stays, unit="stay",
+                        class_names=["no sepsis", "sepsis"],
                         source=f"{root} ({stays.max() + 1} stays, {len(stays)} hours)")
 
 
