@@ -109,11 +109,15 @@ def _state(pid: int) -> str:
 
 def write_site_policy(journey: Journey, name: str, **rules) -> Path:
     """Hospital ``name``'s ``site-policy.yaml`` (next to its key, where `client start` looks):
-    trusts the coordinator's signing key; ``rules`` (datasets, models, privacy, max_rounds,
-    ...) narrow it. The journey's hospitals allow what configs/heart-disease.yaml runs."""
+    trusts its copy of the coordinator's signing key (received out of band); ``rules``
+    (datasets, models, privacy, max_rounds, ...) narrow it. The journey's hospitals allow what
+    configs/heart-disease.yaml runs."""
+    import shutil
+
     import yaml
 
-    policy = {"trusted_keys": [str((journey.state / "coordinator.pub").resolve())],
+    shutil.copy(journey.state / "coordinator.pub", journey.keys(name) / "coordinator.pub")
+    policy = {"trusted_keys": ["coordinator.pub"],
               "datasets": ["heart-disease"], "models": ["mlp", "logreg"], "max_rounds": 100,
               **rules}
     path = journey.keys(name) / "site-policy.yaml"
@@ -212,7 +216,7 @@ def test_run_waits_for_partition_sites_and_prints_a_line_per_round(journey):
     """(1) natural scheme, partition.sites=3, one hospital offline: the run waits, then all
     three train from round 1 and the scaling counts every site; (7) one line per round."""
     run, run_dir = run_experiment(journey, "run-wait", "--set", "partition.sites=3", "--set",
-                                  "rounds=3", "--wait-timeout", "60", "--round-timeout", "90",
+                                  "rounds=2", "--wait-timeout", "60", "--round-timeout", "90",
                                   "--no-track")
     wait_for(lambda: read_json(run_dir / "status.json"), 60, "the run to start")
     time.sleep(6)  # two hospitals are online: a run that does not wait has begun by now
@@ -222,14 +226,14 @@ def test_run_waits_for_partition_sites_and_prints_a_line_per_round(journey):
     start_hospital(journey, "hospital-c")
     assert run.wait(timeout=240) == 0, journey.procs.log("run-wait")[-3000:]
     rounds = history(run_dir)
-    assert [h["sites_trained"] for h in rounds] == [3, 3, 3]
+    assert [h["sites_trained"] for h in rounds] == [3, 3]
     sizes = {n: [e for e in site_audit(journey, n) if e["event"] == "node_started"][-1]
              ["n_train"] for n in HOSPITALS}
     result = read_json(run_dir / "result.json")
     assert result["summary"]["n_train"] == sum(sizes.values())  # scaling over all 3 sites
     lines = [line for line in journey.procs.log("run-wait").splitlines()
              if line.startswith("round ")]
-    assert [line.split(":")[0] for line in lines] == ["round 1/3", "round 2/3", "round 3/3"]
+    assert [line.split(":")[0] for line in lines] == ["round 1/2", "round 2/2"]
     assert all("3 sites trained" in line and "elapsed" in line for line in lines)
 
 
@@ -262,6 +266,48 @@ def test_personal_weights_stay_on_each_hospitals_disk(journey):
                 sent = {a["name"] for e in entries if e["event"] == "sent_to_coordinator"
                         for record in e["arrays"].values() for a in record["arrays"]}
                 assert head and sent and not head & sent, (head, sent)
+
+
+def test_out_of_policy_and_foreign_signed_experiments_are_refused(journey):
+    """A hospital whose policy requires DP-SGD refuses a non-private experiment before
+    reading any data (the coordinator shows why, both audit logs record it, the run goes on
+    with the others); an experiment signed by a key no hospital trusts is refused by all."""
+    for name in HOSPITALS:
+        ensure_hospital(journey, name)
+    write_site_policy(journey, "hospital-a", privacy={"modes": ["dp-sgd"]})  # re-read per message
+    try:
+        run, run_dir = run_experiment(journey, "run-policy", "--set", "partition.sites=3",
+                                      "--set", "rounds=1", "--wait-timeout", "60",
+                                      "--round-timeout", "90", "--no-track")
+        assert run.wait(timeout=240) == 0, journey.procs.log("run-policy")[-3000:]
+    finally:
+        write_site_policy(journey, "hospital-a")
+    reason = "privacy.mode none, its policy requires dp-sgd"
+    assert f"site hospital-a refused: {reason}" in journey.procs.log("run-policy")
+    assert [h["sites_trained"] for h in history(run_dir)] == [2]
+    at_coordinator = [e for e in coordinator_audit(journey) if e["event"] == "site_refused"
+                      and e.get("run_id") == run_dir.name]
+    assert at_coordinator and all(e["site"] == "hospital-a" for e in at_coordinator)
+    at_site = [e for e in site_audit(journey, "hospital-a") if e.get("run_id") == run_dir.name]
+    assert {e["event"] for e in at_site} >= {"experiment_refused"}
+    assert "sent_to_coordinator" not in {e["event"] for e in at_site}
+
+    state = journey.state  # a coordinator key the hospitals never received signs the next one
+    for name in ("coordinator-signing.key", "coordinator.pub"):
+        (state / name).rename(state / f"{name}.real")
+    try:
+        run, run_dir = run_experiment(journey, "run-foreign", "--set", "partition.sites=3",
+                                      "--set", "rounds=1", "--wait-timeout", "60",
+                                      "--round-timeout", "90", "--no-track")
+        assert run.wait(timeout=240) == 2
+    finally:
+        for name in ("coordinator-signing.key", "coordinator.pub"):
+            (state / f"{name}.real").replace(state / name)
+    log = journey.procs.log("run-foreign")
+    for name in HOSPITALS:
+        assert f"site {name} refused: the experiment is signed by key" in log, log[-3000:]
+        assert any(e["event"] == "experiment_refused" and "does not trust" in e["reason"]
+                   for e in site_audit(journey, name) if e.get("run_id") == run_dir.name)
 
 
 def test_unregistered_node_is_refused_at_once_in_one_line(journey):

@@ -53,7 +53,7 @@ def test_secure_aggregation_on_loopback_federation(tmp_path):
                 "--data", str(root / f"hospital-{name}"), "--runtime-port", str(free_port()),
                 "--no-policy"])
         done = run_cli(["run", str(root / "hd.yaml"), "--state", str(state), "--superlink",
-                        f"localhost:{port}", "--round-timeout", "90"], root)
+                        f"localhost:{port}", "--round-timeout", "90", "--no-track"], root)
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
         procs.stop_all()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -239,6 +240,9 @@ def run(
     err_console.print(f"run {run_dir.name} (Flower run {flower_run})"
                       + (f", resuming after round {resuming}" if resuming else ""),
                       highlight=False)
+    # Ctrl-C stops the run even when it was started with SIGINT ignored (a script's
+    # background job inherits SIG_IGN, and Python then never raises KeyboardInterrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         history = _watch(state, run_dir, flower_run, cfg.rounds, client, mlflow_run)
     except KeyboardInterrupt:
@@ -681,8 +685,6 @@ def _supervise_node(flags: list[str], runtime_port: int, rejoin_wait: float,
                     key: Path | None = None, session_file: Path | None = None) -> int:
     """SuperNode + warm executor as children (``medfed.deploy.supernode.supervise``): a key
     never activated here is refused at once; a rejoining one is retried ``rejoin_wait`` s."""
-    import signal
-
     from medfed.deploy import flower
     from medfed.deploy.supernode import key_fingerprint, supervise
     from medfed.federation.app import flower_env

@@ -230,8 +230,9 @@ def record_refusal(audit_path: Path, run_id: str, reply: Any) -> str:
     if any(r["node_id"] == node and r["reason"] == reply.error.reason for r in known):
         return line
     logging.getLogger("medfed.server").warning("%s", line)
-    audit.append(audit_path, "site_refused", run_id=run_id, node_id=node,
-                 site=site_name(state, node), message_type=reply.metadata.message_type,
+    audit.append(audit_path, "site_refused", run_id=run_id, round=audit.message_round(reply),
+                 node_id=node, site=site_name(state, node),
+                 message_type=reply.metadata.message_type,
                  reason=reply.error.reason)
     atomic_write_json(path, [*known, {"node_id": node, "site": site_name(state, node),
                                       "reason": reply.error.reason, "line": line,

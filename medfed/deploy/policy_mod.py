@@ -33,8 +33,7 @@ def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     if where is None:  # simulation: no site, no policy
         return call_next(msg, context)
     log = context.node_config.get(NODE_AUDIT_LOG)
-    fields = {"flower_run_id": str(msg.metadata.run_id),
-              "message_type": msg.metadata.message_type}
+    fields = audit.message_fields(msg, context.run_config)  # run id, round, message type
     try:
         accepted = check_message(context, str(where))
     except policy.Refused as exc:
