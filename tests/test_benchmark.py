@@ -153,3 +153,39 @@ def test_bad_grid_is_one_line_before_any_cell(tmp_path, monkeypatch, capsys, arg
                                 monkeypatch, capsys)
     assert code == 2 and err.startswith("error:") and words in err, err
     assert "Traceback" not in err and not out.exists()
+
+
+SHIPPED = {"benchmark-heart-disease": None,  # UCI-format files written here
+           "benchmark-breastmnist-shift": "medmnist/breastmnist.npz",
+           "benchmark-tcga-brca": "tcga-brca/brca.csv"}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_benchmark_configs_run_on_a_small_grid(name, tmp_path, monkeypatch, capsys):
+    """Each configs/benchmark-*.yaml runs as shipped (its grid and arms), cut to 2 seeds and one
+    short round: every arm of every cell is in the summary, with a mean and a CI."""
+    import os
+    from pathlib import Path
+
+    if SHIPPED[name] is None:
+        from tests.uci_files import write_uci_heart
+
+        monkeypatch.setenv("MEDFED_DATA_DIR", str(write_uci_heart(tmp_path / "data", seed=3)))
+    elif not (Path(os.environ.get("MEDFED_DATA_DIR", "/nonexistent")) / SHIPPED[name]).exists():
+        pytest.skip(f"real {SHIPPED[name]} not under MEDFED_DATA_DIR")
+    raw = yaml.safe_load(Path(f"configs/{name}.yaml").read_text())
+    small = ["rounds=1", "train.local_epochs=1"]
+    if "ditto" in raw.get("personalize", []):
+        small.append("personalization.ditto.local_epochs=1")
+    sets = [arg for s in small for arg in ("--set", s)]
+    code, out, err = run_cli(["benchmark", f"configs/{name}.yaml", "--seeds", "2", "--jobs", "1",
+                              "--no-track", "--json", "--out", str(tmp_path / "b"), *sets],
+                             monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    summary = json.loads(out)
+    arms = {"federated", *raw.get("personalize", [])}
+    listed = json.dumps(summary)
+    assert all(f'"{arm}"' in listed for arm in arms), (arms, listed[:2000])
+    cells = list((tmp_path / "b" / "cells").glob("*/cell.json"))
+    grid = raw["benchmark"].get("grid", {})
+    assert len(cells) == 2 * math.prod(len(v) for v in grid.values())
