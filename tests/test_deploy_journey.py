@@ -324,7 +324,8 @@ def test_unregistered_node_is_refused_at_once_in_one_line(journey):
     assert len(errors) == 1 and "not registered" in errors[0], log[-2000:]
     assert "Exit Code" not in log and "retrying" not in log, log[-2000:]
     seen = journey.watcher.seen["intruder"].values()
-    assert sum("medfed.deploy.supernode supernode" in cmd for cmd in seen) == 1  # no retry
+    # no retry (the 50 ms sampler may miss the one short-lived SuperNode altogether)
+    assert sum("medfed.deploy.supernode supernode" in cmd for cmd in seen) <= 1
     assert not any("supernode executor" in cmd for cmd in seen)  # no torch import for it
     assert elapsed < 60, f"refusal took {elapsed:.0f} s"  # one attempt; idle machine: ~10 s
     assert not journey.watcher.alive("intruder")
@@ -344,6 +345,31 @@ def test_ctrl_c_marks_the_run_interrupted(journey):
     time.sleep(3)  # the ServerApp is stopped meanwhile: it must not overwrite the status
     assert read_json(run_dir / "status.json")["status"] == "interrupted"
     assert f"--resume {run_dir.name}" in journey.procs.log("run-ctrl-c")
+
+
+def test_every_audit_entry_names_its_run_and_round_and_the_chains_verify(journey):
+    """(2) the journey's audit logs: every round entry at the coordinator and every upload at
+    a hospital carries MedFed's run id and an integer round; (3) each log verifies against
+    its signed head, and a copy with its last line cut is named truncated."""
+    runs = journey.runs()
+    started = [e for e in coordinator_audit(journey) if e["event"] == "round_started"]
+    assert started and all(e["run_id"] in runs and isinstance(e["round"], int) and e["round"]
+                           >= 1 for e in started)
+    for name in HOSPITALS:
+        sent = [e for e in site_audit(journey, name) if e["event"] == "sent_to_coordinator"]
+        assert sent and all(e["run_id"] in runs and isinstance(e["round"], int) for e in sent)
+    logs = [journey.state / "audit.jsonl", *(journey.keys(n) / "audit.jsonl" for n in HOSPITALS)]
+    for log in logs:
+        done = run_cli(["audit", "verify", str(log)], journey.root)
+        assert done.returncode == 0, done.stderr
+    cut = journey.root / "cut"
+    cut.mkdir(exist_ok=True)
+    lines = logs[1].read_text().splitlines(keepends=True)
+    (cut / "audit.jsonl").write_text("".join(lines[:-1]))
+    (cut / "audit.head.json").write_bytes((logs[1].parent / "audit.head.json").read_bytes())
+    done = run_cli(["audit", "verify", str(cut / "audit.jsonl"), "--key",
+                    str(journey.keys("hospital-a") / "audit-signing.pub")], journey.root)
+    assert done.returncode == 2 and "truncated" in done.stderr, done.stderr
 
 
 def test_coordinator_crash_leaves_no_process_at_the_hospitals(journey):
